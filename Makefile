@@ -1,0 +1,34 @@
+# The two fresh-clone commands: `make demo` (the main job) and `make test` (lint + tests).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/demo
+
+.PHONY: install install-dev demo test lint format clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+demo: install
+	$(BIN)/glam demo --run-dir $(RUN_DIR)
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
+
+test: install-dev lint
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+format: install-dev
+	$(BIN)/ruff format src tests benchmarks experiments
+	$(BIN)/ruff check --fix src tests benchmarks experiments
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

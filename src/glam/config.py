@@ -1,0 +1,488 @@
+"""One typed, frozen, nested configuration for every glam job.
+
+Sections: ``model`` (architecture, reference doc §2), ``moe`` (gating, §3), ``mesh`` (§4),
+``data`` (§6), ``optim`` and ``train`` (§5), ``checkpoint``, ``eval`` (§7).
+
+A config is built from a preset (``presets.py``), optionally a YAML file, and dotted ``key=value``
+overrides. Every mistake — an unknown key, a value of the wrong type, a combination that cannot
+work — raises :class:`ConfigError` whose message names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from glam.errors import GLaMError
+
+
+class ConfigError(GLaMError):
+    """A user mistake in a config: the message names the field and how to fix it."""
+
+
+def _check(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: {message}")
+
+
+def _one_of(value: Any, options: tuple, field_name: str) -> None:
+    _check(value in options, field_name, f"got {value!r}; choose one of {', '.join(map(repr, options))}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_moe_outputs")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture (reference doc §2). Shape letters: M = d_model, F = ffn_dim, N = heads, K = head_dim."""
+
+    vocab_size: int = 32_000
+    d_model: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    head_dim: int = 64
+    ffn_dim: int = 3072
+    expert_activation: Literal["relu", "gelu"] = "relu"
+    rel_buckets: int = 32
+    rel_max_distance: int = 128
+    extra_zero_logit: bool = False
+    norm_eps: float = 1e-6
+    max_seq_len: int = 1024
+    scan_layers: bool = True
+    remat: str = "none"
+    activation_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "head_dim", "ffn_dim"):
+            _check(getattr(self, name) > 0, f"model.{name}", "must be a positive integer")
+        _check(
+            self.num_layers % 2 == 0,
+            "model.num_layers",
+            f"got {self.num_layers}; GLaM stacks (MoE, dense) pairs, so use an even number of layers",
+        )
+        _one_of(self.expert_activation, ("relu", "gelu"), "model.expert_activation")
+        _one_of(self.remat, REMAT_POLICIES, "model.remat")
+        _one_of(self.activation_dtype, ("float32", "bfloat16"), "model.activation_dtype")
+        _check(self.rel_buckets >= 4 and self.rel_buckets % 2 == 0, "model.rel_buckets", "use an even number >= 4")
+        _check(
+            self.rel_max_distance > self.rel_buckets // 2,
+            "model.rel_max_distance",
+            "must exceed half the number of buckets (the exact-distance range)",
+        )
+        _check(self.max_seq_len > 0, "model.max_seq_len", "must be positive")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """GShard top-2 gating (reference doc §3). ``num_experts = 0`` makes a dense model."""
+
+    num_experts: int = 64
+    capacity_factor_train: float = 2.0
+    capacity_factor_eval: float = 2.0
+    capacity_multiple: int = 4
+    group_size: int = 0  # tokens per routing group; 0 = one group per sequence
+    second_expert_policy: Literal["all", "random"] = "all"
+    second_expert_threshold: float = 0.5
+    aux_loss_weight: float = 0.01
+    dispatch: Literal["einsum", "index", "dropless"] = "index"
+    eval_no_drop: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.num_experts >= 0, "moe.num_experts", "must be >= 0 (0 means a dense model)")
+        _check(
+            self.num_experts != 1,
+            "moe.num_experts",
+            "top-2 gating needs at least 2 experts; use 0 for a dense model",
+        )
+        _check(self.capacity_factor_train > 0, "moe.capacity_factor_train", "must be > 0")
+        _check(self.capacity_factor_eval > 0, "moe.capacity_factor_eval", "must be > 0")
+        _check(self.capacity_multiple >= 1, "moe.capacity_multiple", "must be >= 1")
+        _check(self.group_size >= 0, "moe.group_size", "must be >= 0 (0 = one group per sequence)")
+        _one_of(self.second_expert_policy, ("all", "random"), "moe.second_expert_policy")
+        _check(0 < self.second_expert_threshold <= 1, "moe.second_expert_threshold", "must be in (0, 1]")
+        _check(self.aux_loss_weight >= 0, "moe.aux_loss_weight", "must be >= 0")
+        _one_of(self.dispatch, ("einsum", "index", "dropless"), "moe.dispatch")
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_experts > 0
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh (reference doc §4). -1 in one axis fills the remaining devices."""
+
+    data: int = -1
+    model: int = 1
+    coordinator_address: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.data == -1 or self.data > 0, "mesh.data", "must be a positive integer or -1")
+        _check(self.model == -1 or self.model > 0, "mesh.model", "must be a positive integer or -1")
+        _check(not (self.data == -1 and self.model == -1), "mesh", "only one of mesh.data and mesh.model may be -1")
+        _check(self.num_processes >= 1, "mesh.num_processes", "must be >= 1")
+        _check(
+            0 <= self.process_id < self.num_processes,
+            "mesh.process_id",
+            f"must be in [0, mesh.num_processes={self.num_processes})",
+        )
+        _check(
+            self.num_processes == 1 or bool(self.coordinator_address),
+            "mesh.coordinator_address",
+            "set it (host:port of process 0) when mesh.num_processes > 1",
+        )
+
+
+SOURCE_FORMATS = ("auto", "text", "lines", "paragraphs", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One named text source of the training mixture (paper Table 3 is the model)."""
+
+    name: str
+    path: str  # a file, a directory, or a glob; "hf:NAME[:CONFIG]" for Hugging Face datasets
+    weight: float = 1.0
+    format: Literal[
+        "auto", "text", "lines", "paragraphs", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf"
+    ] = "auto"
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "data.sources[].name", "every source needs a name")
+        _check(bool(self.path), f"data.sources[{self.name}].path", "every source needs a path")
+        _check(
+            self.weight > 0,
+            f"data.sources[{self.name}].weight",
+            f"got {self.weight}; mixture weights must be > 0 (remove the source to leave it out)",
+        )
+        _one_of(self.format, SOURCE_FORMATS, f"data.sources[{self.name}].format")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The training mixture and tokenizer. No sources = the embedded default corpus."""
+
+    sources: tuple[SourceConfig, ...] = ()
+    tokenizer: str = ""  # a SentencePiece .model file; "" trains one into the run directory
+    tokenizer_sample_docs: int = 20_000
+    heldout_docs: int = 8  # documents per source kept out of training for held-out loss
+    on_bad_json: Literal["skip", "error"] = "skip"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sources]
+        _check(len(names) == len(set(names)), "data.sources", f"source names must be unique, got {names}")
+        _check(self.heldout_docs >= 0, "data.heldout_docs", "must be >= 0")
+        _one_of(self.on_bad_json, ("skip", "error"), "data.on_bad_json")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adafactor as in the paper (§5) or AdamW with cosine decay."""
+
+    name: Literal["adafactor", "adamw"] = "adafactor"
+    warmup_steps: int = 10_000  # Adafactor: lr = lr_scale / sqrt(max(step, warmup_steps))
+    lr_scale: float = 1.0
+    decay_rate: float = 0.8  # second-moment decay 1 - t^-0.8
+    clip_threshold: float = 1.0  # update clipping at RMS 1.0
+    min_dim_size_to_factor: int = 128
+    epsilon1: float = 1e-30
+    epsilon2: float = 1e-3  # parameter-scale floor
+    multiply_by_parameter_scale: bool = True
+    learning_rate: float = 3e-4  # AdamW peak
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    weight_decay: float = 0.1
+    adam_warmup_steps: int = 100
+    grad_clip_norm: float = 0.0  # 0 = off (Adafactor clips updates instead)
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, ("adafactor", "adamw"), "optim.name")
+        _check(self.warmup_steps >= 1, "optim.warmup_steps", "must be >= 1")
+        _check(self.lr_scale > 0, "optim.lr_scale", "must be > 0")
+        _check(self.learning_rate > 0, "optim.learning_rate", "must be > 0")
+        _check(self.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # global, in sequences
+    seq_len: int = 1024
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 2
+    z_loss_weight: float = 0.0  # reference default 1e-4; not in the paper
+    skip_nonfinite: bool = True
+    rollback: bool = False  # restart from the last good checkpoint on a loss spike / non-finite streak
+    spike_factor: float = 3.0  # a loss above spike_factor x its running mean is a spike
+    max_nonfinite_streak: int = 3
+    max_rollbacks: int = 3
+    peak_flops: float = 0.0  # per device; 0 = measure a matmul at start-up for MFU
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "train.steps", "must be >= 0")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.seq_len >= 2, "train.seq_len", "must be >= 2")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(
+            self.batch_size % self.grad_accum == 0,
+            "train.grad_accum",
+            f"must divide train.batch_size={self.batch_size}",
+        )
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
+        _check(self.z_loss_weight >= 0, "train.z_loss_weight", "must be >= 0")
+        _check(self.spike_factor > 1, "train.spike_factor", "must be > 1")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "checkpoint.every", "must be >= 1")
+        _check(self.keep >= 1, "checkpoint.keep", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    beam_size: int = 4  # paper: beam search width 4 for generation tasks
+    max_decode_tokens: int = 32
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.beam_size >= 1, "eval.beam_size", "must be >= 1")
+        _check(self.max_decode_tokens >= 1, "eval.max_decode_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class GLaMConfig:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.moe.enabled:
+            g = self.moe.group_size
+            tokens = self.train.batch_size // self.train.grad_accum * self.train.seq_len
+            _check(
+                g == 0 or tokens % g == 0,
+                "moe.group_size",
+                f"{g} must divide the tokens per micro-batch ({tokens} = batch/grad_accum x seq_len)",
+            )
+        _check(
+            self.train.seq_len <= self.model.max_seq_len,
+            "train.seq_len",
+            f"{self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len",
+        )
+
+    # Derived sizes -------------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.moe.enabled
+
+    @property
+    def num_pairs(self) -> int:
+        """Number of (MoE, dense) pair-blocks, L/2."""
+        return self.model.num_layers // 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Building configs from dicts, YAML and dotted overrides
+# --------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a command line string) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if isinstance(value, str) and not isinstance(options[0], str):
+            value = yaml.safe_load(value)
+        if value not in options:
+            raise ConfigError(f"{where}: got {value!r}; choose one of {', '.join(map(repr, options))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+            except ValueError:
+                f = None
+            if f is not None and f.is_integer():
+                return int(f)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, values: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key; valid keys here are {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def replace_path(cfg: Any, path: str, value: Any, full: str | None = None) -> Any:
+    """Return ``cfg`` with the dotted field ``path`` set to ``value`` (coerced to its type)."""
+    full = full or path
+    head, _, rest = path.partition(".")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if head not in names:
+        prefix = full[: len(full) - len(path)]
+        raise ConfigError(
+            f"{full}: unknown key; valid keys under '{prefix or 'the config'}' are {', '.join(sorted(names))}"
+        )
+    current = getattr(cfg, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"{full}: '{head}' is a value, not a section")
+        new = replace_path(current, rest, value, full)
+    else:
+        if dataclasses.is_dataclass(current) and not isinstance(value, dict):
+            raise ConfigError(f"{full}: is a section; set one of its fields, e.g. {full}.<field>=...")
+        tp = typing.get_type_hints(type(cfg))[head]
+        if dataclasses.is_dataclass(current):
+            merged = {**dataclasses.asdict(current), **value}
+            new = from_dict(type(current), merged, full)
+        else:
+            new = _coerce(value, tp, full)
+    return dataclasses.replace(cfg, **{head: new})
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: write overrides as section.field=value, e.g. train.steps=100")
+    return key.strip(), value.strip()
+
+
+def apply_overrides(cfg: GLaMConfig, overrides: list[str] | tuple[str, ...]) -> GLaMConfig:
+    for item in overrides:
+        key, value = parse_override(item)
+        cfg = replace_path(cfg, key, value)
+    return cfg
+
+
+def merge_dict(cfg: GLaMConfig, values: dict, where: str = "") -> GLaMConfig:
+    """Apply a nested dict (e.g. from YAML) on top of ``cfg``."""
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        current = cfg
+        for part in path.split(".")[:-1]:
+            current = getattr(current, part, None)
+        leaf = getattr(current, key, None) if current is not None else None
+        if isinstance(value, dict) and dataclasses.is_dataclass(leaf):
+            cfg = merge_dict(cfg, value, path)
+        else:
+            cfg = replace_path(cfg, path, value)
+    return cfg
+
+
+def load_yaml(path: str, base: GLaMConfig | None = None) -> GLaMConfig:
+    """Load a YAML config. It may name a ``preset:`` to start from; other keys override it."""
+    from glam.presets import get_preset
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist; check the path") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML ({exc}); fix the syntax") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of sections (model:, train:, ...)")
+    preset = values.pop("preset", None)
+    cfg = get_preset(preset) if preset else (base or GLaMConfig())
+    return merge_dict(cfg, values)
+
+
+def resolve(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -> GLaMConfig:
+    """A preset name or a YAML path, plus dotted overrides → a validated config."""
+    from glam.presets import get_preset
+
+    if spec is None:
+        cfg = get_preset("tiny")
+    elif spec.endswith((".yaml", ".yml")):
+        cfg = load_yaml(spec)
+    else:
+        cfg = get_preset(spec)
+    return apply_overrides(cfg, list(overrides))

@@ -1,0 +1,172 @@
+"""The GLaM decoder: a stack of L/2 identical (MoE layer, dense layer) pair-blocks (paper §2).
+
+Each layer is pre-norm: ``x += attn(norm(x))``, ``x += ffn_or_moe(norm(x))``; a final norm precedes
+the tied output embedding. The pair is the repeated unit: its parameters carry a leading axis P and
+``forward`` scans over it (the paper's while_loop, so every MoE layer shares one compiled graph), or
+unrolls the loop (``model.scan_layers=false``) for debugging and the equivalence tests.
+Dense presets (``moe.num_experts=0``) are the same code with a dense FFN in both layers of the pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from glam.config import GLaMConfig
+from glam.model import axes as ax
+from glam.model.attention import Attention, KVCache, empty_cache
+from glam.model.ffn import GatedGeluFFN
+from glam.model.layers import Embed, RMSNorm
+from glam.model.moe.layer import MoEFFN
+from glam.sharding.rules import constrain
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_moe_outputs": jax.checkpoint_policies.save_only_these_names("moe_out"),
+}
+
+
+class Layer(nnx.Module):
+    """One pre-norm Transformer layer whose FFN is either the MoE layer or the gated dense FFN."""
+
+    def __init__(self, cfg: GLaMConfig, moe: bool, *, rngs: nnx.Rngs):
+        m = cfg.model
+        self.attn_norm = RMSNorm(m.d_model, m.norm_eps, rngs=rngs)
+        self.attn = Attention(m, rngs=rngs)
+        self.ffn_norm = RMSNorm(m.d_model, m.norm_eps, rngs=rngs)
+        self.ffn = MoEFFN(m, cfg.moe, rngs=rngs) if moe else GatedGeluFFN(m, rngs=rngs)
+        self.is_moe = moe
+
+    def __call__(self, x, positions, segment_ids, *, train, rng, cache=None, cache_index=None, single_group=False):
+        h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_index)
+        x = constrain(x + h, ax.BSM)
+        h = self.ffn_norm(x)
+        stats = {}
+        if self.is_moe:
+            h, stats = self.ffn(h, train=train, rng=rng, valid=segment_ids != 0, single_group=single_group)
+            h = checkpoint_name(h, "moe_out")
+        else:
+            h = self.ffn(h)
+        return constrain(x + h, ax.BSM), stats, cache
+
+
+class PairBlock(nnx.Module):
+    """The repeated unit: layer 2i has the MoE FFN (reference: MoE first), layer 2i+1 the dense FFN."""
+
+    def __init__(self, cfg: GLaMConfig, *, rngs: nnx.Rngs):
+        self.moe_layer = Layer(cfg, moe=cfg.is_moe, rngs=rngs)
+        self.dense_layer = Layer(cfg, moe=False, rngs=rngs)
+
+    def __call__(self, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, single_group=False):
+        c0, c1 = (None, None) if caches is None else caches
+        x, stats, c0 = self.moe_layer(
+            x,
+            positions,
+            segment_ids,
+            train=train,
+            rng=rng,
+            cache=c0,
+            cache_index=cache_index,
+            single_group=single_group,
+        )
+        x, _, c1 = self.dense_layer(x, positions, segment_ids, train=train, rng=None, cache=c1, cache_index=cache_index)
+        return x, stats, (None if caches is None else (c0, c1))
+
+
+class GLaM(nnx.Module):
+    def __init__(self, cfg: GLaMConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embed(cfg.model.vocab_size, cfg.model.d_model, rngs=rngs)
+        keys = jax.random.split(rngs.params(), cfg.num_pairs)
+        # Stacked pair parameters: each leaf gains a leading axis P (the unsharded "layers" axis).
+        self.blocks = nnx.vmap(lambda k: PairBlock(cfg, rngs=nnx.Rngs(k)))(keys)
+        self.final_norm = RMSNorm(cfg.model.d_model, cfg.model.norm_eps, rngs=rngs)
+
+
+def _dtype(cfg: GLaMConfig):
+    return jnp.bfloat16 if cfg.model.activation_dtype == "bfloat16" else jnp.float32
+
+
+def run_blocks(
+    model: GLaM, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, single_group=False
+):
+    """Apply the P pair-blocks, scanned or unrolled. Returns (x, stats stacked over P, caches)."""
+    cfg = model.cfg
+    graphdef, block_state = nnx.split(model.blocks)
+    P = cfg.num_pairs
+    rngs = jax.random.split(rng, P) if rng is not None else jnp.zeros((P, 2), jnp.uint32)
+
+    def body(carry, xs):
+        state, key, layer_caches = xs
+        block = nnx.merge(graphdef, state)
+        key = key if rng is not None else None
+        y, stats, new_caches = block(
+            carry,
+            positions,
+            segment_ids,
+            train=train,
+            rng=key,
+            caches=layer_caches,
+            cache_index=cache_index,
+            single_group=single_group,
+        )
+        return y, (stats, new_caches)
+
+    policy = REMAT_POLICIES[cfg.model.remat]
+    if cfg.model.remat != "none":
+        body = jax.checkpoint(body, policy=policy, prevent_cse=not cfg.model.scan_layers)
+    if cfg.model.scan_layers:
+        x, (stats, caches) = jax.lax.scan(body, x, (block_state, rngs, caches))
+        return x, stats, caches
+    outs = []
+    for i in range(P):
+        xs = jax.tree.map(lambda a, i=i: a[i], (block_state, rngs, caches))
+        x, out = body(x, xs)
+        outs.append(out)
+    stats, caches = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else ({}, None)
+    return x, stats, caches
+
+
+def apply(
+    model: GLaM,
+    inputs,
+    positions,
+    segment_ids,
+    *,
+    train: bool,
+    rng=None,
+    caches=None,
+    cache_index=None,
+    single_group=False,
+) -> tuple[jax.Array, dict, Any]:
+    """Logits [B, T, V] (fp32), MoE statistics stacked per pair, and updated caches."""
+    cfg = model.cfg
+    x = constrain(model.embed.encode(inputs, _dtype(cfg)), ax.BSM)
+    x, stats, caches = run_blocks(
+        model,
+        x,
+        positions,
+        segment_ids,
+        train=train,
+        rng=rng,
+        caches=caches,
+        cache_index=cache_index,
+        single_group=single_group,
+    )
+    h = model.final_norm(x).astype(jnp.float32)
+    logits = constrain(model.embed.decode(h), ax.BSV)
+    return logits, stats, caches
+
+
+def init_caches(cfg: GLaMConfig, batch: int, max_len: int):
+    """Stacked KV caches for both layers of every pair: ([P, ...], [P, ...])."""
+    one = empty_cache(batch, max_len, cfg.model, _dtype(cfg))
+    stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (cfg.num_pairs, *a.shape)), one)
+    return (KVCache(*stacked), KVCache(*stacked))
