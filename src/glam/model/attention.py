@@ -77,7 +77,9 @@ def softmax_fp32(logits: jax.Array, mask: jax.Array, extra_zero_logit: bool) -> 
     denom = jnp.sum(e, axis=-1, keepdims=True)
     if extra_zero_logit:
         denom = denom + jnp.exp(-m)
-    return e / jnp.maximum(denom, 1e-30)
+    # A fully masked row (a padding query) has denom 0: divide by 1 so its gradient stays finite
+    # (max(denom, 1e-30) gives NaN in the backward pass, as 1e-30² underflows in fp32).
+    return e / jnp.where(denom > 0, denom, 1.0)
 
 
 class Attention(nnx.Module):

@@ -42,7 +42,7 @@ def param_axes(cfg: GLaMConfig) -> dict:
 
     def names(v):
         axes = v.get_metadata()["axes"]
-        return ("layers",) * (v.value.ndim - len(axes)) + tuple(axes)
+        return ("layers",) * (v.get_value().ndim - len(axes)) + tuple(axes)
 
     return jax.tree.map(names, state, is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
 
@@ -50,7 +50,7 @@ def param_axes(cfg: GLaMConfig) -> dict:
 def param_specs(cfg: GLaMConfig, mesh: Mesh | None = None) -> dict:
     state = _variables(cfg)
     specs = jax.tree.map(
-        lambda v: param_spec(v.get_metadata()["axes"], v.value.ndim, mesh),
+        lambda v: param_spec(v.get_metadata()["axes"], v.get_value().ndim, mesh),
         state,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )

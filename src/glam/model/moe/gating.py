@@ -60,7 +60,8 @@ def top2_gating(
     p = jnp.mean(gates, axis=1)  # [G, E] mean gate of e
     aux_loss = jnp.mean(jnp.mean(f * p, axis=-1) * E * E)
     # step 5: renormalise BEFORE the capacity cut
-    denom = jnp.maximum(g1 + g2, jnp.finfo(jnp.float32).tiny)
+    # padding tokens have g1 = g2 = 0: divide by 1 (a tiny floor squares to 0 in the backward pass → NaN)
+    denom = jnp.where(g1 + g2 > 0, g1 + g2, 1.0)
     g1, g2 = g1 / denom, g2 / denom
     if second_policy == "random":
         # GShard: keep the 2nd expert with probability g2 / threshold (= 2·g2 for the default 0.5)

@@ -1,0 +1,102 @@
+"""``glam info PRESET [key=value ...] [--json]``: layout, parameter counts and FLOPs of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from glam.config import GLaMConfig, resolve
+from glam.model.flops import model_size
+from glam.presets import PAPER_FIGURES
+
+
+def info(cfg: GLaMConfig) -> dict:
+    """Everything ``glam info`` reports, as a JSON-ready dict (counted from real shapes)."""
+    size = model_size(cfg)
+    m = cfg.model
+    paper = PAPER_FIGURES.get(cfg.name)
+    layout = [
+        {
+            "layer": i,
+            "ffn": f"moe({cfg.moe.num_experts} experts, top-2)" if cfg.is_moe and i % 2 == 0 else "dense gated-GELU",
+        }
+        for i in range(m.num_layers)
+    ]
+    return {
+        "name": cfg.name,
+        "params_total": size.params_total,
+        "params_activated": size.params_activated,
+        "params_embedding": size.params_embedding,
+        "params_experts": size.params_experts,
+        "vocab_size": m.vocab_size,
+        "num_layers": m.num_layers,
+        "d_model": m.d_model,
+        "ffn_dim": m.ffn_dim,
+        "num_heads": m.num_heads,
+        "head_dim": m.head_dim,
+        "num_experts": cfg.moe.num_experts,
+        "seq_len": cfg.train.seq_len,
+        "flops_per_token_train": size.flops_per_token_train,
+        "flops_per_token_inference": size.flops_per_token_inference,
+        "flops_formula": "train 6N + 12·L·A·S, inference 2N + 4·L·A·S (PaLM, Chowdhery et al. 2022, app. B)",
+        "paper_params_total": paper.total if paper else None,
+        "paper_params_activated": paper.activated if paper else None,
+        "paper_note": paper.note if paper else "",
+        "layout": layout,
+    }
+
+
+def _fmt(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.4g}{unit}"
+    return f"{n:.4g}"
+
+
+def print_info(d: dict, console: Console) -> None:
+    t = Table(
+        title=f"{d['name']}: L={d['num_layers']} M={d['d_model']} F={d['ffn_dim']} "
+        f"heads={d['num_heads']}x{d['head_dim']} E={d['num_experts']} V={d['vocab_size']}"
+    )
+    for col in ("", "glam (from shapes)", "paper (Table 4)", "ratio"):
+        t.add_column(col)
+    for key, label in (("params_total", "total parameters"), ("params_activated", "activated / token")):
+        ours, theirs = d[key], d[f"paper_{key}"]
+        ratio = f"{ours / theirs:.3f}" if theirs else "–"
+        t.add_row(label, f"{ours:,} ({_fmt(ours)})", _fmt(theirs), ratio)
+    t.add_row("train FLOPs / token", _fmt(d["flops_per_token_train"]), "–", "")
+    t.add_row("inference FLOPs / token", _fmt(d["flops_per_token_inference"]), "–", "")
+    console.print(t)
+    moe_layers = sum(1 for x in d["layout"] if x["ffn"].startswith("moe"))
+    console.print(
+        f"layout: {d['num_layers']} layers as {d['num_layers'] // 2} (MoE, dense) pairs; "
+        f"{moe_layers} MoE layers (0, 2, 4, ...)"
+        if moe_layers
+        else f"layout: {d['num_layers']} dense layers"
+    )
+    console.print(f"FLOPs: {d['flops_formula']}, S={d['seq_len']}")
+    if d["paper_note"]:
+        console.print(f"note: {d['paper_note']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve(args.preset, args.overrides)
+    d = info(cfg)
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        print_info(d, Console())
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="layout, parameter counts and FLOPs per token of a preset")
+    p.add_argument("preset", help="preset name or config .yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=run)

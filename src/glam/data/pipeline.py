@@ -1,0 +1,232 @@
+"""The training data pipeline: sources → tokenizer → weighted mixture of packed rows → batches.
+
+What the training loop calls::
+
+    pipeline = build_pipeline(cfg, run_dir)          # sources, tokenizer (trained if needed), mixture
+    batch = pipeline.next_batch()                    # global batch: 5 arrays [train.batch_size, train.seq_len]
+    local = process_slice(batch, jax.process_index(), jax.process_count())
+    state = pipeline.state_dict()                    # small JSON; saved beside each checkpoint
+    pipeline.load_state_dict(state)                  # the next batches equal an uninterrupted run's
+    pipeline.heldout_batches("web", 2)               # per-source held-out loss
+    pipeline.stats()                                 # per source: documents, tokens, epochs, proportion, problems
+
+Multi-host: every process computes the same global batch (the stream is a pure function of the
+seed and the state) and feeds its own rows, so the global batch does not depend on the number of
+processes. A background thread may prepare the next batches (``prefetch``); the state reported is
+always that of the batches handed out, so prefetching never changes what a resumed run sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import threading
+
+import numpy as np
+
+from glam.config import GLaMConfig, SourceConfig
+from glam.data.default_corpus import default_sources
+from glam.data.errors import DataError
+from glam.data.mixture import Mixture, SourceCursor
+from glam.data.packing import BATCH_KEYS, empty_rows, pack_documents
+from glam.data.sources import Source, iter_documents, open_sources
+from glam.data.tokenizer import Tokenizer, train_tokenizer
+
+STATE_VERSION = 1
+
+
+def resolve_sources(cfg: GLaMConfig, cache_dir: str | None = None) -> tuple[SourceConfig, ...]:
+    """``data.sources``, or the embedded default corpus (built into ``cache_dir``) when it is empty."""
+    return cfg.data.sources or default_sources(cache_dir)
+
+
+def load_or_train_tokenizer(cfg: GLaMConfig, run_dir: str, sources: list[Source] | None = None) -> Tokenizer:
+    """``data.tokenizer`` if set; else ``run_dir/tokenizer.model``, trained on the mixture if absent.
+
+    Training uses ``data.tokenizer_sample_docs`` documents spread over the sources by weight and
+    ``model.vocab_size`` pieces.
+    """
+    if cfg.data.tokenizer:
+        tokenizer = Tokenizer(cfg.data.tokenizer)
+    else:
+        path = os.path.join(run_dir, "tokenizer.model")
+        if os.path.isfile(path):
+            tokenizer = Tokenizer(path)
+        else:
+            sources = sources or open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
+            docs = iter_documents(sources, cfg.data.tokenizer_sample_docs, seed=cfg.data.seed)
+            tokenizer = train_tokenizer(docs, cfg.model.vocab_size, path)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise DataError(
+            f"tokenizer {tokenizer.path!r} has {tokenizer.vocab_size} pieces but model.vocab_size="
+            f"{cfg.model.vocab_size}; set model.vocab_size >= {tokenizer.vocab_size} or use a smaller tokenizer"
+        )
+    return tokenizer
+
+
+def build_pipeline(cfg: GLaMConfig, run_dir: str, *, prefetch: int = 2) -> DataPipeline:
+    """The pipeline a training run uses: resolved sources, its tokenizer, ``prefetch`` batches ahead."""
+    sources = open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
+    tokenizer = load_or_train_tokenizer(cfg, run_dir, sources)
+    return DataPipeline(cfg, tokenizer, sources, prefetch=prefetch)
+
+
+def process_slice(batch: dict[str, np.ndarray], process_index: int, process_count: int) -> dict[str, np.ndarray]:
+    """The rows of a global batch [B, S] that process ``process_index`` of ``process_count`` feeds.
+
+    Process p feeds rows [p·B/P, (p+1)·B/P): arrays [B/P, S]. B must be divisible by P.
+    """
+    rows = len(batch["inputs"])
+    if rows % process_count:
+        raise DataError(f"train.batch_size={rows} must be divisible by the number of processes ({process_count})")
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index={process_index} is outside [0, {process_count})")
+    per = rows // process_count
+    return {k: v[process_index * per : (process_index + 1) * per] for k, v in batch.items()}
+
+
+class DataPipeline:
+    """Global batches of the batch schema (docs/design.md) from a weighted mixture of sources.
+
+    Args:
+      cfg: the run config (``data``, ``train.batch_size``, ``train.seq_len``).
+      tokenizer: anything with ``encode(str) -> list[int]``, ``bos_id``, ``eos_id``.
+      sources: opened :class:`Source` objects or their configs; ``None`` = ``resolve_sources(cfg)``.
+      prefetch: batches prepared ahead on a background thread (0 = none).
+    """
+
+    def __init__(self, cfg: GLaMConfig, tokenizer, sources=None, *, prefetch: int = 0):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.batch_size, self.seq_len = cfg.train.batch_size, cfg.train.seq_len
+        if sources is None:
+            sources = resolve_sources(cfg)
+        if sources and isinstance(sources[0], SourceConfig):
+            sources = open_sources(tuple(sources), cfg.data.on_bad_json)
+        self.sources = list(sources)
+        if not self.sources:
+            raise DataError("no data sources; set data.sources or leave it empty to use the default corpus")
+        self.mixture = Mixture(
+            self.sources,
+            tokenizer.encode,
+            seq_len=self.seq_len,
+            seed=cfg.data.seed,
+            heldout_docs=cfg.data.heldout_docs,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+        )
+        self.prefetch = prefetch
+        self._state = self._snapshot()
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # Batches -----------------------------------------------------------------------------------
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        """The next global batch: ``inputs, targets, segment_ids, positions`` int32 and ``loss_weights``
+        float32, each [train.batch_size, train.seq_len]."""
+        if self.prefetch <= 0:
+            batch = self._make_batch()
+            self._state = self._snapshot()
+            return batch
+        if self._thread is None:
+            self._start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._thread = None
+            raise item
+        batch, self._state = item
+        return batch
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def _make_batch(self) -> dict[str, np.ndarray]:
+        batch, _ = self.mixture.next_rows(self.batch_size)
+        return batch
+
+    def _snapshot(self) -> dict:
+        return {"version": STATE_VERSION, **copy.deepcopy(self.mixture.state_dict())}
+
+    # Prefetching -----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(target=self._produce, name="glam-data-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = (self._make_batch(), self._snapshot())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # surface the error to the consumer instead of hanging it
+            self._queue.put(exc)
+
+    def close(self) -> None:
+        """Stop the prefetch thread (batches prepared ahead are dropped; the state is unaffected)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.mixture.load_state_dict(self._state)
+
+    # State --------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The state after the last batch handed out: JSON-serialisable, O(number of sources)."""
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` was taken (same config and sources required)."""
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"data state version {state.get('version')} is not {STATE_VERSION}; cannot resume it")
+        self.close()
+        self.mixture.load_state_dict(state)
+        self._state = self._snapshot()
+
+    def stats(self) -> dict[str, dict]:
+        """Per source: weight, documents, heldout_documents, rows, tokens, proportion (of tokens drawn),
+        epochs (training passes over the source), bad_json, decode_replacements; as of the batches
+        handed out."""
+        live = self.mixture.cursors
+        self.mixture.cursors = [SourceCursor(**self._state["sources"][s.name]) for s in self.sources]
+        try:
+            return self.mixture.stats()
+        finally:
+            self.mixture.cursors = live
+
+    # Held-out data ------------------------------------------------------------------------------
+
+    def heldout_batches(self, source_name: str, num_batches: int) -> list[dict[str, np.ndarray]]:
+        """Up to ``num_batches`` batches [B, S] packed from the source's held-out documents.
+
+        The held-out documents are the first ``data.heldout_docs`` of the source's seeded order and
+        never appear in training batches. Fewer batches come back when they are used up; the last one
+        is padded with empty rows (loss weight 0).
+        """
+        names = [s.name for s in self.sources]
+        if source_name not in names:
+            raise DataError(f"no data source named {source_name!r}; the sources are {names}")
+        i = names.index(source_name)
+        eos = self.tokenizer.eos_id
+        docs = [[*self.tokenizer.encode(self.sources[i].document(int(d))), eos] for d in self.mixture.orders[i].heldout]
+        rows = pack_documents(docs, self.seq_len, self.tokenizer.bos_id)
+        batches = []
+        for start in range(0, min(len(rows["inputs"]), num_batches * self.batch_size), self.batch_size):
+            part = {k: v[start : start + self.batch_size] for k, v in rows.items()}
+            missing = self.batch_size - len(part["inputs"])
+            if missing:
+                pad = empty_rows(missing, self.seq_len)
+                part = {k: np.concatenate([part[k], pad[k]]) for k in BATCH_KEYS}
+            batches.append(part)
+        return batches

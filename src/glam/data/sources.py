@@ -1,0 +1,447 @@
+"""Document sources: local files (text, lines, paragraphs, JSONL, CSV, Parquet, two XML dialects) and
+Hugging Face datasets, read by random access through a small index of document offsets.
+
+A :class:`Source` never holds its corpus in memory. On first use it scans its files once (streamed,
+line by line or row group by row group) and keeps only where each non-empty document lies:
+``(file id, start, end)`` byte ranges for the text formats, ``(file id, row)`` for Parquet and
+Hugging Face. ``source.document(k)`` then reads document ``k`` from disk on demand. The scan also
+counts the problems it tolerates: bytes that are not UTF-8 (decoded with U+FFFD and counted) and
+JSONL lines that are not JSON (skipped and counted, or a :class:`DataError` when
+``data.on_bad_json = "error"``).
+
+Formats (``SourceConfig.format``; ``auto`` picks one per file from its extension):
+
+- ``text``: a file is one document.            - ``lines``: one document per non-blank line.
+- ``paragraphs``: documents separated by blank lines (books, transcripts).
+- ``jsonl``: one JSON object per line, text in ``text_field``.
+- ``csv``: one document per record; ``text_field`` names header columns or, with digits
+  (``"1,2"``), 0-based column indices of a header-less file; the columns are joined by newlines.
+- ``parquet``: one document per row, text in column ``text_field`` (needs ``pip install glam[parquet]``).
+- ``xml_posts``: the text of each ``<Post>`` element (NPS Chat).
+- ``stackexchange``: the HTML-escaped ``Body`` (posts) or ``Text`` (comments) of each ``<row>``,
+  with the HTML tags removed (Stack Exchange data dumps).
+- ``hf``: ``path = "hf:NAME[:CONFIG]"``, the ``train`` split of a Hugging Face dataset.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import glob
+import html
+import io
+import json
+import os
+import re
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from glam.config import SourceConfig
+from glam.data.errors import DataError
+
+_EXTENSION_FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+}
+_REPLACEMENT = "\ufffd"
+_REPLACEMENT_BYTES = _REPLACEMENT.encode()
+_CHUNK = 1 << 20
+
+
+@dataclass
+class SourceStats:
+    """Counts of tolerated problems, filled while a source builds its index."""
+
+    files: int = 0
+    documents: int = 0
+    bad_json: int = 0
+    decode_replacements: int = 0
+
+
+class _BadRecord(Exception):
+    """A JSONL line that is not a JSON object with a string text field."""
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_paths(path: str, source_name: str = "") -> list[str]:
+    """A file, a directory (every file under it, recursively) or a glob → sorted file paths.
+
+    Hidden files (``.name``) are skipped. A missing path or a glob that matches nothing raises
+    :class:`DataError`.
+    """
+    where = f"data source {source_name!r}: " if source_name else ""
+    expanded = os.path.expanduser(path)
+    if glob.has_magic(expanded):
+        files = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise DataError(f"{where}the glob {path!r} matches no files; check the pattern and the working directory")
+        return files
+    if os.path.isfile(expanded):
+        return [expanded]
+    if os.path.isdir(expanded):
+        files = []
+        for root, dirs, names in os.walk(expanded):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith("."))
+        if not files:
+            raise DataError(f"{where}the directory {path!r} holds no files; point the source at the text")
+        return files
+    raise DataError(f"{where}the path {path!r} does not exist; fix data.sources[].path (a file, directory or glob)")
+
+
+def detect_format(path: str) -> str:
+    """The format ``auto`` means for one file: by extension, and for ``.xml`` by its first bytes."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".xml":
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        return "xml_posts" if b"<Post" in head else "stackexchange"
+    return _EXTENSION_FORMATS.get(ext, "text")
+
+
+# --------------------------------------------------------------------------------------------
+# Records: byte ranges of a file that each hold one document
+# --------------------------------------------------------------------------------------------
+
+
+def _lines(f: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line including its newline) for every line of a binary file."""
+    offset = 0
+    for line in f:
+        yield offset, line
+        offset += len(line)
+
+
+def _records(fmt: str, f: io.BufferedReader) -> Iterator[tuple[int, int]]:
+    """Byte ranges ``(start, end)`` of the candidate documents of one file in format ``fmt``."""
+    if fmt in ("lines", "jsonl", "stackexchange"):
+        marker = b"<row " if fmt == "stackexchange" else None
+        for start, line in _lines(f):
+            if line.strip() and (marker is None or marker in line):
+                yield start, start + len(line)
+        return
+    start = None  # start of the record being accumulated
+    quotes = 0
+    for offset, line in _lines(f):
+        end = offset + len(line)
+        if fmt == "paragraphs":
+            if line.strip():
+                start = offset if start is None else start
+            elif start is not None:
+                yield start, offset
+                start = None
+        elif fmt == "csv":
+            start = offset if start is None else start
+            quotes += line.count(b'"')
+            if quotes % 2 == 0:  # a quoted field may span lines: a record ends with balanced quotes
+                yield start, end
+                start, quotes = None, 0
+        elif fmt == "xml_posts":
+            if start is None and b"<Post" in line:
+                start = offset
+            if start is not None and (b"<terminals" in line or b"</Post>" in line):
+                yield start, end
+                start = None
+    if start is not None:
+        yield start, end
+
+
+def _decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 decode with replacement; returns (text, number of replaced invalid sequences)."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        return text, text.count(_REPLACEMENT) - raw.count(_REPLACEMENT_BYTES)
+
+
+_TAG = re.compile(r"<[^>]+>")
+_POST_TEXT = re.compile(r"<Post\b[^>]*>(.*?)(?:<terminals|</Post>)", re.S)
+_SE_ATTR = re.compile(r'\s(?:Body|Text)="([^"]*)"')
+
+
+def _html_to_text(fragment: str) -> str:
+    """Stack Exchange bodies are HTML: drop the tags, then resolve the entities."""
+    return html.unescape(_TAG.sub("", fragment)).strip()
+
+
+def _extract(fmt: str, text: str, cfg: SourceConfig) -> str:
+    """The document text of one decoded record (may be empty: the caller skips it)."""
+    if fmt == "text":
+        return text
+    if fmt in ("lines", "paragraphs"):
+        return text.rstrip("\r\n")
+    if fmt == "jsonl":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _BadRecord(f"not JSON ({exc.msg})") from None
+        if not isinstance(value, dict) or not isinstance(value.get(cfg.text_field), str):
+            raise _BadRecord(f"not an object with a string field {cfg.text_field!r}")
+        return value[cfg.text_field]
+    if fmt == "csv":
+        return _csv_text(text, cfg.text_field)
+    if fmt == "xml_posts":
+        match = _POST_TEXT.search(text)
+        return html.unescape(match.group(1)).strip() if match else ""
+    if fmt == "stackexchange":
+        match = _SE_ATTR.search(text)
+        return _html_to_text(html.unescape(match.group(1))) if match else ""
+    raise AssertionError(fmt)
+
+
+def _csv_text(record: str, text_field: str) -> str:
+    """Columns of one CSV record joined by newlines; header names are resolved by the caller."""
+    row = next(csv.reader([record.rstrip("\r\n")]), [])
+    columns = [int(c) for c in text_field.split(",")]
+    return "\n".join(row[c] for c in columns if c < len(row))
+
+
+def _csv_columns(path: str, text_field: str) -> tuple[str, bool]:
+    """``text_field`` as column indices, and whether the file's first record is a header."""
+    if re.fullmatch(r"\d+(,\d+)*", text_field):
+        return text_field, False
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader(f), [])
+    wanted = text_field.split(",")
+    missing = [w for w in wanted if w not in header]
+    if missing:
+        raise DataError(
+            f"CSV file {path!r} has no column {missing[0]!r} (header: {header}); set text_field to column names "
+            "or to 0-based indices like '1,2' for a file without a header"
+        )
+    return ",".join(str(header.index(w)) for w in wanted), True
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+class Source:
+    """One named source: an index of its non-empty documents and random access to them.
+
+    ``len(source)`` is the number of documents; ``source.document(k)`` (0 <= k < len) their text.
+    The index is built on first use; ``source.stats`` then holds the counts of tolerated problems.
+    """
+
+    def __init__(self, cfg: SourceConfig, on_bad_json: str = "skip"):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.weight = cfg.weight
+        self.on_bad_json = on_bad_json
+        self.stats = SourceStats()
+        self._files: list[str] = []
+        self._formats: list[str] = []
+        self._csv_columns: list[str] = []
+        self._index: np.ndarray | None = None  # [D, 3] int64: file id, start, end
+        self._table_cache: OrderedDict = OrderedDict()
+        self._hf = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, path={self.cfg.path!r}, weight={self.weight})"
+
+    @property
+    def index(self) -> np.ndarray:
+        if self._index is None:
+            self._index = self._build_index()
+            self.stats.documents = len(self._index)
+        return self._index
+
+    def document(self, k: int) -> str:
+        """The text of document ``k``, read from disk."""
+        file_id, start, end = (int(v) for v in self.index[k])
+        fmt = self._formats[file_id]
+        if fmt == "hf":
+            return self._hf[start][self.cfg.text_field]
+        if fmt == "parquet":
+            return self._parquet_row(file_id, start)
+        with open(self._files[file_id], "rb") as f:
+            f.seek(start)
+            raw = f.read(end - start)
+        return _extract(fmt, _decode(raw)[0], self._file_cfg(file_id))
+
+    def __iter__(self) -> Iterator[str]:
+        for k in range(len(self)):
+            yield self.document(k)
+
+    # Index building --------------------------------------------------------------------------
+
+    def _build_index(self) -> np.ndarray:
+        if self.cfg.format == "hf" or self.cfg.path.startswith("hf:"):
+            rows = self._index_hf()
+        else:
+            self._files = resolve_paths(self.cfg.path, self.name)
+            self.stats.files = len(self._files)
+            rows = []
+            for file_id, path in enumerate(self._files):
+                fmt = detect_format(path) if self.cfg.format == "auto" else self.cfg.format
+                self._formats.append(fmt)
+                self._csv_columns.append("")
+                scan = self._index_parquet if fmt == "parquet" else self._index_file
+                rows.extend((file_id, a, b) for a, b in scan(file_id, path, fmt))
+        if not rows:
+            raise DataError(
+                f"data source {self.name!r} ({self.cfg.path}) holds no non-empty documents; "
+                f"check the path and the format ({self.cfg.format!r}, text_field={self.cfg.text_field!r})"
+            )
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+    def _file_cfg(self, file_id: int) -> SourceConfig:
+        if self._formats[file_id] != "csv":
+            return self.cfg
+        return SourceConfig(self.name, self.cfg.path, self.weight, "csv", self._csv_columns[file_id])
+
+    def _index_file(self, file_id: int, path: str, fmt: str) -> Iterator[tuple[int, int]]:
+        """Scan one text-like file: byte ranges of its non-empty documents."""
+        if fmt == "text":
+            yield from self._index_whole_file(path)
+            return
+        skip_header = False
+        if fmt == "csv":
+            self._csv_columns[file_id], skip_header = _csv_columns(path, self.cfg.text_field)
+        cfg = self._file_cfg(file_id)
+        with open(path, "rb") as f:
+            for number, (start, end) in enumerate(_records(fmt, f)):
+                if skip_header and number == 0:
+                    continue
+                here = f.tell()
+                f.seek(start)
+                text, replaced = _decode(f.read(end - start))
+                f.seek(here)
+                self.stats.decode_replacements += replaced
+                try:
+                    doc = _extract(fmt, text, cfg)
+                except _BadRecord as exc:
+                    self._bad_json(path, text, str(exc))
+                    continue
+                if doc.strip():
+                    yield start, end
+
+    def _bad_json(self, path: str, line: str, why: str) -> None:
+        if self.on_bad_json == "error":
+            raise DataError(
+                f"data source {self.name!r}: a line of {path!r} is {why}: {line[:80]!r}; fix the file "
+                "or set data.on_bad_json=skip to skip and count such lines"
+            )
+        self.stats.bad_json += 1
+
+    def _index_whole_file(self, path: str) -> Iterator[tuple[int, int]]:
+        """A whole file as one document, decoded chunk by chunk (never all at once)."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        size, nonblank, replaced = 0, False, 0
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                text = decoder.decode(chunk)
+                replaced += text.count(_REPLACEMENT) - chunk.count(_REPLACEMENT_BYTES)
+                nonblank = nonblank or bool(text.strip())
+                size += len(chunk)
+            replaced += decoder.decode(b"", final=True).count(_REPLACEMENT)
+        self.stats.decode_replacements += max(replaced, 0)
+        if nonblank:
+            yield 0, size
+
+    def _index_parquet(self, file_id: int, path: str, fmt: str) -> Iterator[tuple[int, int]]:
+        """Rows of a Parquet file with non-empty text, read one row group at a time."""
+        pq = _import_pyarrow_parquet()
+        pf = pq.ParquetFile(path)
+        if self.cfg.text_field not in pf.schema_arrow.names:
+            raise DataError(
+                f"Parquet file {path!r} has no column {self.cfg.text_field!r} "
+                f"(columns: {pf.schema_arrow.names}); set text_field"
+            )
+        row = 0
+        for group in range(pf.num_row_groups):
+            values = pf.read_row_group(group, columns=[self.cfg.text_field]).column(0).to_pylist()
+            for j, value in enumerate(values):
+                if isinstance(value, str) and value.strip():
+                    yield row + j, row + j + 1
+            row += len(values)
+
+    def _parquet_row(self, file_id: int, row: int) -> str:
+        """One row of a Parquet file; the last few row groups read are cached."""
+        pq = _import_pyarrow_parquet()
+        key = file_id
+        if key not in self._table_cache:
+            pf = pq.ParquetFile(self._files[file_id])
+            sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+            self._table_cache[key] = (pf, np.cumsum([0, *sizes]), OrderedDict())
+        pf, bounds, groups = self._table_cache[key]
+        group = int(np.searchsorted(bounds, row, side="right")) - 1
+        if group not in groups:
+            groups[group] = pf.read_row_group(group, columns=[self.cfg.text_field]).column(0)
+            if len(groups) > 4:
+                groups.popitem(last=False)
+        return groups[group][row - int(bounds[group])].as_py()
+
+    def _index_hf(self) -> list[tuple[int, int, int]]:
+        """Rows of a Hugging Face dataset (``hf:NAME[:CONFIG]``, train split) with non-empty text."""
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(
+                f"data source {self.name!r} reads a Hugging Face dataset ({self.cfg.path}) but the 'datasets' "
+                "package is not installed; run: pip install glam[hf]"
+            ) from None
+        name, _, config = self.cfg.path.removeprefix("hf:").partition(":")
+        try:
+            self._hf = datasets.load_dataset(name, config or None, split="train")
+        except Exception as exc:  # datasets raises many types: network, missing dataset, bad config
+            raise DataError(f"data source {self.name!r}: cannot load Hugging Face dataset {name!r}: {exc}") from None
+        self._files, self._formats, self.stats.files = [self.cfg.path], ["hf"], 1
+        rows = []
+        for start in range(0, len(self._hf), 10_000):
+            texts = self._hf[start : start + 10_000][self.cfg.text_field]
+            rows.extend((0, start + j, start + j + 1) for j, t in enumerate(texts) if isinstance(t, str) and t.strip())
+        return rows
+
+
+def _import_pyarrow_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading Parquet sources needs pyarrow; run: pip install glam[parquet]") from None
+    return pq
+
+
+def open_sources(configs: tuple[SourceConfig, ...], on_bad_json: str = "skip") -> list[Source]:
+    """Build (and index) every source; an empty list or an all-empty corpus raises :class:`DataError`."""
+    if not configs:
+        raise DataError("no data sources; set data.sources or leave it empty to use the default corpus")
+    sources = [Source(c, on_bad_json) for c in configs]
+    for source in sources:
+        len(source)  # build the index now, so errors surface before training starts
+    return sources
+
+
+def iter_documents(sources: list[Source], limit: int, *, seed: int = 0) -> Iterator[str]:
+    """Up to ``limit`` documents drawn round-robin by weight from ``sources`` (a tokenizer sample).
+
+    Each source contributes ``limit * weight / sum(weights)`` documents (at least one), chosen by a
+    seeded permutation so the sample spreads over the whole source.
+    """
+    total = sum(s.weight for s in sources)
+    for source in sources:
+        want = max(1, round(limit * source.weight / total))
+        order = np.random.default_rng([seed, _stable_id(source.name)]).permutation(len(source))
+        for k in order[:want]:
+            yield source.document(int(k))
+
+
+def _stable_id(name: str) -> int:
+    """A process-independent integer for a source name (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(name.encode("utf-8"))

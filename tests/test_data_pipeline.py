@@ -1,0 +1,149 @@
+"""The pipeline: mixture proportions, determinism, exact resume, multi-host slices, held-out split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from glam.config import DataConfig, GLaMConfig, ModelConfig, SourceConfig, TrainConfig
+from glam.data.mixture import draw_sources
+from glam.data.pipeline import DataPipeline, build_pipeline, process_slice
+from glam.data.tokenizer import train_tokenizer
+
+WEIGHTS = {"alpha": 0.5, "beta": 0.3, "gamma": 0.15, "delta": 0.05}
+WORDS = "mixture expert token sparse dense route gate layer batch shard".split()
+
+
+def write_corpus(root, docs_per_source=(200, 60, 30, 6)) -> tuple[SourceConfig, ...]:
+    """Four sources in four formats; every document carries a unique marker like ``beta0007``."""
+    rng = np.random.default_rng(0)
+    configs = []
+    for (name, weight), n in zip(WEIGHTS.items(), docs_per_source):
+        docs = [f"{name}{i:04d} " + " ".join(rng.choice(WORDS, size=rng.integers(2, 30))) for i in range(n)]
+        if name in ("alpha", "gamma"):
+            path = root / f"{name}.jsonl"
+            path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        else:
+            path = root / f"{name}.txt"
+            path.write_text("\n".join(docs) + "\n")
+        configs.append(SourceConfig(name, str(path), weight, "jsonl" if path.suffix == ".jsonl" else "lines"))
+    return tuple(configs)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    configs = write_corpus(root)
+    text = [line for c in configs for line in open(c.path).read().splitlines()]
+    tokenizer = train_tokenizer(text * 3, 400, str(root / "tok.model"), num_threads=1)
+    return configs, tokenizer
+
+
+def make_cfg(configs, *, seed=0, batch_size=8, seq_len=32, heldout=2) -> GLaMConfig:
+    return GLaMConfig(
+        model=ModelConfig(vocab_size=512, max_seq_len=64),
+        data=DataConfig(sources=configs, seed=seed, heldout_docs=heldout),
+        train=TrainConfig(batch_size=batch_size, seq_len=seq_len),
+    )
+
+
+def test_draw_sources_matches_weights_within_four_sigma():
+    weights = np.array(list(WEIGHTS.values()))
+    n = 20_000
+    chosen = draw_sources(0, np.arange(n), weights)
+    counts = np.bincount(chosen, minlength=len(weights))
+    sigma = np.sqrt(n * weights * (1 - weights))
+    assert np.all(np.abs(counts - n * weights) < 4 * sigma), counts
+    np.testing.assert_array_equal(chosen, draw_sources(0, np.arange(n), weights))
+    assert (chosen != draw_sources(1, np.arange(n), weights)).mean() > 0.3
+    # A pure function of (seed, index): any slice equals the same slice of the whole stream.
+    np.testing.assert_array_equal(chosen[12_345:12_400], draw_sources(0, np.arange(12_345, 12_400), weights))
+
+
+def test_pipeline_proportions_identical_runs_and_seed_dependence(corpus):
+    configs, tok = corpus
+    cfg = make_cfg(configs, batch_size=64, seq_len=8)
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        pipe = DataPipeline(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=seed)), tok)
+        runs[name] = np.stack([pipe.next_batch()["targets"] for _ in range(320)])  # 20,480 rows
+        runs[name + "_stats"] = pipe.stats()
+    stats = runs["a_stats"]
+    n = 320 * 64
+    for source, w in WEIGHTS.items():
+        rows = stats[source]["rows"]
+        assert abs(rows - n * w) < 4 * np.sqrt(n * w * (1 - w)), (source, rows, n * w)
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert runs["a_stats"] == runs["b_stats"]
+    assert not np.array_equal(runs["a"], runs["c"])
+    # The small, over-sampled source shows it: many epochs over its 4 training documents.
+    assert stats["delta"]["documents"] == 4 and stats["delta"]["epochs"] > 10
+    assert stats["alpha"]["epochs"] < stats["delta"]["epochs"] / 3
+    assert sum(s["proportion"] for s in stats.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_exact_resume(corpus, prefetch):
+    configs, tok = corpus
+    cfg = make_cfg(configs, seq_len=24)
+    first = DataPipeline(cfg, tok, prefetch=prefetch)
+    for _ in range(7):
+        first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))
+    assert len(json.dumps(state)) < 1000
+    expected = [first.next_batch() for _ in range(6)]
+    resumed = DataPipeline(cfg, tok, prefetch=prefetch)
+    resumed.load_state_dict(state)
+    for want in expected:
+        got = resumed.next_batch()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert resumed.stats() == first.stats()
+    first.close()
+    resumed.close()
+
+
+def test_batch_schema_and_process_slices(corpus):
+    configs, tok = corpus
+    batch = DataPipeline(make_cfg(configs, batch_size=8, seq_len=32), tok).next_batch()
+    assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
+        "inputs": ((8, 32), "int32"),
+        "targets": ((8, 32), "int32"),
+        "segment_ids": ((8, 32), "int32"),
+        "positions": ((8, 32), "int32"),
+        "loss_weights": ((8, 32), "float32"),
+    }
+    for processes in (1, 2, 4, 8):
+        parts = [process_slice(batch, p, processes) for p in range(processes)]
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), batch[key])
+    with pytest.raises(ValueError, match="divisible"):
+        process_slice(batch, 0, 3)
+
+
+def test_heldout_documents_never_train_and_are_served(corpus):
+    configs, tok = corpus
+    pipe = DataPipeline(make_cfg(configs, heldout=3, seq_len=64), tok)
+    trained = " ".join(tok.decode(row[row > 0]) for _ in range(60) for row in pipe.next_batch()["targets"])
+    for i, source in enumerate(pipe.sources):
+        heldout_ids = pipe.mixture.orders[i].heldout
+        served = pipe.heldout_batches(source.name, 4)
+        assert 1 <= len(served) <= 4 and all(b["inputs"].shape == (8, 64) for b in served)
+        text = " ".join(tok.decode(row[row > 0]) for b in served for row in b["targets"])
+        for d in heldout_ids:
+            marker = source.document(int(d)).split()[0]
+            assert marker in text and marker not in trained
+        assert sum(int(b["loss_weights"].sum()) for b in served) > 0
+
+
+def test_build_pipeline_trains_a_tokenizer_into_the_run_dir(tmp_path):
+    configs = write_corpus(tmp_path)
+    cfg = dataclasses.replace(make_cfg(configs), model=ModelConfig(vocab_size=400, max_seq_len=64))
+    pipe = build_pipeline(cfg, str(tmp_path / "run"), prefetch=0)
+    assert (tmp_path / "run" / "tokenizer.model").is_file()
+    assert pipe.tokenizer.vocab_size <= 400
+    assert pipe.next_batch()["loss_weights"].sum() > 0
+    pipe.close()

@@ -1,0 +1,127 @@
+"""The whole model: scanned equals unrolled, dense presets, shapes of every preset, loss terms."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glam.config import resolve
+from glam.model.flops import counting_rule, model_size
+from glam.model.init import abstract_params, init_params
+from glam.model.losses import loss_fn
+from glam.presets import PAPER_FIGURES, PAPER_PRESETS, PRESETS
+
+SMALL = [
+    "model.d_model=32",
+    "model.num_heads=2",
+    "model.head_dim=16",
+    "model.ffn_dim=64",
+    "model.vocab_size=128",
+    "train.batch_size=2",
+    "train.seq_len=16",
+    "moe.capacity_factor_train=1.0",
+]
+
+
+def batch(cfg, seed=0):
+    B, S = cfg.train.batch_size, cfg.train.seq_len
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(4, cfg.model.vocab_size, (B, S + 1))
+    seg = np.ones((B, S), np.int32)
+    seg[0, S // 2 :] = 2  # two packed documents in row 0
+    pos = np.tile(np.arange(S), (B, 1))
+    pos[0, S // 2 :] -= S // 2
+    return {
+        "inputs": jnp.asarray(tokens[:, :-1], jnp.int32),
+        "targets": jnp.asarray(tokens[:, 1:], jnp.int32),
+        "segment_ids": jnp.asarray(seg),
+        "positions": jnp.asarray(pos, jnp.int32),
+        "loss_weights": jnp.ones((B, S), jnp.float32),
+    }
+
+
+def loss_and_grads(cfg, params, b):
+    f = jax.jit(jax.value_and_grad(lambda p: loss_fn(cfg, p, b, train=True, rng=jax.random.key(3))[0]))
+    return f(params)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-dense"])
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_equals_unrolled(preset, remat):
+    cfg = resolve(preset, SMALL + [f"model.remat={remat}", "model.num_layers=4"])
+    params = init_params(cfg, jax.random.key(0))
+    b = batch(cfg)
+    l1, g1 = loss_and_grads(cfg, params, b)
+    unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
+    l2, g2 = loss_and_grads(unrolled, params, b)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, atol=2e-5), g1, g2)
+
+
+def test_initial_loss_near_uniform_and_aux_near_one():
+    cfg = resolve("tiny", SMALL)
+    params = init_params(cfg, jax.random.key(0))
+    loss, m = loss_fn(cfg, params, batch(cfg), train=True, rng=jax.random.key(1))
+    assert abs(float(m["ce_loss"]) - np.log(128)) < 1.0
+    assert m["moe"]["expert_load"].shape == (cfg.num_pairs, cfg.moe.num_experts)
+    # aux is summed over MoE layers, each ≈ 1 near balance; the loss adds 0.01 · aux
+    assert 0.9 * cfg.num_pairs < float(m["aux_loss"]) < 3.0 * cfg.num_pairs
+    np.testing.assert_allclose(loss, m["ce_loss"] + 0.01 * m["aux_loss"], rtol=1e-6)
+
+
+def test_z_loss_and_loss_weights():
+    cfg = resolve("tiny", SMALL + ["train.z_loss_weight=1e-4"])
+    params = init_params(cfg, jax.random.key(0))
+    b = batch(cfg)
+    loss, m = loss_fn(cfg, params, b, train=True, rng=jax.random.key(1))
+    np.testing.assert_allclose(loss, m["ce_loss"] + 0.01 * m["aux_loss"] + 1e-4 * m["z_loss"], rtol=1e-6)
+    # Zero weight on a token removes it from the mean: change its target, the loss does not move.
+    b2 = dict(b, loss_weights=b["loss_weights"].at[1, 3].set(0.0))
+    b3 = dict(b2, targets=b2["targets"].at[1, 3].set(5))
+    np.testing.assert_allclose(
+        loss_fn(cfg, params, b2, train=False)[1]["ce_loss"],
+        loss_fn(cfg, params, b3, train=False)[1]["ce_loss"],
+        rtol=1e-6,
+    )
+
+
+def test_bf16_activations_keep_router_and_loss_fp32():
+    cfg = resolve("tiny", SMALL + ["model.activation_dtype=bfloat16"])
+    params = init_params(cfg, jax.random.key(0))
+    loss, m = loss_fn(cfg, params, batch(cfg), train=True, rng=jax.random.key(1))
+    assert loss.dtype == jnp.float32 and m["aux_loss"].dtype == jnp.float32
+    ref = loss_fn(resolve("tiny", SMALL), params, batch(cfg), train=True, rng=jax.random.key(1))[0]
+    np.testing.assert_allclose(loss, ref, rtol=2e-2)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_shapes_and_counting_rule(preset):
+    cfg = resolve(preset)
+    shapes = abstract_params(cfg)
+    size = model_size(cfg)
+    assert size.params_total == sum(x.size for x in jax.tree.leaves(shapes))
+    total, active = counting_rule(cfg)
+    assert (size.params_total, size.params_activated) == (total, active)
+    if cfg.is_moe:
+        w_in = shapes["blocks"]["moe_layer"]["ffn"]["w_in"]
+        assert w_in.shape == (cfg.num_pairs, cfg.moe.num_experts, cfg.model.d_model, cfg.model.ffn_dim)
+
+
+@pytest.mark.parametrize("preset", [p for p in PAPER_PRESETS if not PAPER_FIGURES[p].note])
+def test_consistent_paper_rows_match_table4(preset):
+    size, paper = model_size(resolve(preset)), PAPER_FIGURES[preset]
+    assert abs(size.params_activated / paper.activated - 1) < 0.02
+    assert abs(size.params_total / paper.total - 1) < 0.02
+
+
+def test_glam_64b_64e_matches_the_paper():
+    size = model_size(resolve("glam-64b-64e"))
+    assert abs(size.params_activated / 96.6e9 - 1) < 0.02  # 96.60B with the 256K vocabulary
+    assert round(size.params_total / 1e12, 1) == 1.2  # 1.162T: the paper's "1.2T" is rounded
+
+
+def test_tiny_dense_matches_tiny_activated_params():
+    a, b = model_size(resolve("tiny")), model_size(resolve("tiny-dense"))
+    assert abs(a.params_activated - b.params_activated) / a.params_activated < 0.002
