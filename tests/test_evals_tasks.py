@@ -1,0 +1,108 @@
+"""Task files: every shipped YAML parses, every task with data loads, mistakes raise TaskError."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glam.evals import TaskDataError, TaskError, list_tasks, load_data, load_task
+from glam.evals.tasks import has_data, load_task_file, parse_task
+
+SHARED_TASKS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tasks"
+needs_shared = pytest.mark.skipif(
+    not SHARED_TASKS.is_dir(), reason=f"shared task data not found at {SHARED_TASKS} (only in developer/CI checkouts)"
+)
+
+PAPER_TASKS = {  # GLaM §7: 8 NLG + 21 NLU
+    "triviaqa", "natural_questions", "webquestions", "lambada", "squad_v2", "drop", "quac", "coqa",
+    "hellaswag", "storycloze", "winograd", "winogrande", "piqa", "arc_easy", "arc_challenge", "openbookqa",
+    "boolq", "copa", "rte", "wic", "multirc", "wsc", "record", "cb", "anli_r1", "anli_r2", "anli_r3",
+    "race_m", "race_h",
+}  # fmt: skip
+
+MINIMAL = {
+    "name": "t",
+    "category": "NLU",
+    "group": "superglue",
+    "output": "multiple_choice",
+    "metric": "acc",
+    "data": {"path": "t/val.jsonl"},
+    "prompt": "{{q}}",
+    "options": {"list": ["no", "yes"]},
+    "gold": {"field": "label"},
+}
+
+
+def test_all_paper_tasks_are_shipped_and_parse():
+    names = list_tasks()
+    assert PAPER_TASKS <= set(names)
+    tasks = [load_task(n) for n in names]
+    paper = [t for t in tasks if t.paper]
+    assert sum(t.category == "NLG" for t in paper) == 8 and sum(t.category == "NLU" for t in paper) == 21
+    by_name = {t.name: t for t in tasks}
+    assert by_name["copa"].normalization == "none" and by_name["record"].normalization == "none"
+    assert by_name["boolq"].normalization == "per_token" and by_name["multirc"].metric == "f1a"
+    assert all(t.url for t in tasks), "every task says where to download its data"
+
+
+@needs_shared
+@pytest.mark.parametrize("name", sorted(PAPER_TASKS))
+def test_task_with_data_loads(name):
+    task = load_task(name)
+    if not has_data(task, SHARED_TASKS):
+        with pytest.raises(TaskDataError, match=f"data not found at .*download it from {task.url[:20]}"):
+            load_data(task, SHARED_TASKS)
+        return
+    data = load_data(task, SHARED_TASKS, limit=50)
+    assert data.examples
+    for ex in data.examples:
+        assert ex.requests[0][0].strip(), "non-empty prompt"
+        assert ex.demo.strip()
+        if task.output == "multiple_choice":
+            assert len(ex.requests) >= 2 and ex.gold and all(0 <= g < len(ex.requests) for g in ex.gold)
+        elif task.output == "generate":
+            assert ex.answers or task.unanswerable
+        else:
+            assert ex.requests[0][1].strip()
+
+
+def test_missing_field_names_the_field():
+    spec = {k: v for k, v in MINIMAL.items() if k != "gold"}
+    with pytest.raises(TaskError, match=r"my_task\.yaml: field 'gold': missing; add 'gold: \{field: NAME\}'"):
+        parse_task(spec, "my_task.yaml")
+    spec = {k: v for k, v in MINIMAL.items() if k != "metric"}
+    with pytest.raises(TaskError, match="field 'metric': missing"):
+        parse_task(spec, "my_task.yaml")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metric": "bleu"}, "metric"),
+        ({"prompt": "{{q"}, "prompt"),
+        ({"prompt": "{{q|shout}}"}, "prompt"),
+        ({"data": {"path": "x.jsonl", "reader": "nope"}}, "data.reader"),
+        ({"colour": "blue"}, "colour"),
+        ({"options": {"field": "a", "list": ["b"]}}, "options"),
+    ],
+)
+def test_invalid_fields_raise_task_error(change, field):
+    with pytest.raises(TaskError, match=f"field '{field}'"):
+        parse_task({**MINIMAL, **change}, "t.yaml")
+
+
+def test_user_task_file_and_clear_errors(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    task = load_task(str(path))
+    with pytest.raises(TaskDataError, match="data not found at .*t/val.jsonl"):
+        load_data(task, tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "val.jsonl").write_text('{"q": "Is it?", "label": 1}\n{"question": "x", "label": 0}\n')
+    with pytest.raises(TaskError, match=r"mine\.yaml: record 1 .*field 'q' not found"):
+        load_data(task, tmp_path)
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(TaskError, match="not valid YAML"):
+        load_task_file(tmp_path / "broken.yaml")
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
+        load_task("nope")
