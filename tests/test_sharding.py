@@ -46,8 +46,9 @@ def _batch(cfg):
     }
 
 
-def _loss_and_grads(cfg, mesh, dispatch="index"):
-    cfg = resolve("tiny", OVERRIDES + [f"moe.dispatch={dispatch}", f"mesh.data={mesh[0]}", f"mesh.model={mesh[1]}"])
+def _loss_and_grads(cfg, mesh, dispatch="index", extra=()):
+    overrides = OVERRIDES + [f"moe.dispatch={dispatch}", f"mesh.data={mesh[0]}", f"mesh.model={mesh[1]}", *extra]
+    cfg = resolve("tiny", overrides)
     b = _batch(cfg)
     devices = jax.devices()[: mesh[0] * mesh[1]]
     m = make_mesh(cfg, devices)
@@ -75,6 +76,17 @@ def test_sharded_equals_single_device(single_device, mesh):
     p0, l0, g0 = single_device
     _, params, loss, grads, _ = _loss_and_grads(None, mesh)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p0, params)
+    np.testing.assert_allclose(loss, l0, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4), g0, grads)
+
+
+def test_more_data_shards_than_experts_split_each_expert():
+    """mesh.data=8 with 4 experts: each expert spans 2 devices (paper §4) and results are unchanged."""
+    _, _, l0, g0, _ = _loss_and_grads(None, (1, 1), extra=["moe.num_experts=4"])
+    _, params, loss, grads, _ = _loss_and_grads(None, (8, 1), extra=["moe.num_experts=4"])
+    w_in = params["blocks"]["moe_layer"]["ffn"]["w_in"]
+    assert w_in.sharding.spec == PartitionSpec(None, "data", None, "data_inner")
+    assert w_in.addressable_shards[0].data.shape == (2, 1, 64, 48)  # [P, E/4, M, F/2]
     np.testing.assert_allclose(loss, l0, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4), g0, grads)
 

@@ -16,6 +16,5 @@ BSV = ("act_batch", "act_length", "act_vocab")
 # MoE: tokens grouped for routing, and dispatched to experts.
 GSM = ("act_group", None, "act_embed")
 GECM = ("act_group", None, None, "act_embed")
-ECGM = ("act_expert", None, None, "act_embed")
-EGCM = ECGM
-EGCF = ("act_expert", None, None, "act_mlp")
+EGCM = ("act_expert", "act_group_inner", None, "act_embed")
+EGCF = ("act_expert", "act_group_inner", None, "act_mlp")

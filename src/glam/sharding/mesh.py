@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 
 from glam.config import ConfigError, GLaMConfig, MeshConfig
 
-MESH_AXES = ("data", "model")
+MESH_AXES = ("data", "data_inner", "model")  # data_inner > 1 only when mesh.data > moe.num_experts
 
 
 def initialize_distributed(mesh_cfg: MeshConfig) -> None:
@@ -71,16 +71,27 @@ def validate_mesh(cfg: GLaMConfig, data: int, model: int, batch_size: int | None
         )
 
 
-def make_mesh(cfg: GLaMConfig, devices: list | None = None) -> Mesh:
-    """A ('data', 'model') mesh over ``devices`` (default: all), validated against the model."""
-    devices = list(jax.devices()) if devices is None else list(devices)
-    data, model = mesh_shape(cfg.mesh, len(devices))
-    validate_mesh(cfg, data, model)
-    grid = np.asarray(devices, dtype=object).reshape(data, model)
+def _grid(cfg: GLaMConfig | None, devices: list, data: int, model: int) -> Mesh:
+    """Devices as [data, data_inner, model]; data_inner = mesh.data / E when there are more data shards
+    than experts (one expert then spans data_inner devices, reference doc §4), else 1."""
+    e = cfg.moe.num_experts if cfg is not None else 0
+    inner = data // e if e and data > e else 1
+    grid = np.asarray(devices, dtype=object).reshape(data // inner, inner, model)
     return Mesh(grid, MESH_AXES)
 
 
-def abstract_mesh(data: int, model: int) -> Mesh:
+def make_mesh(cfg: GLaMConfig, devices: list | None = None) -> Mesh:
+    """The device mesh over ``devices`` (default: all), validated against the model.
+
+    Its logical shape is mesh.data × mesh.model; ``data`` is stored as data × data_inner (see _grid).
+    """
+    devices = list(jax.devices()) if devices is None else list(devices)
+    data, model = mesh_shape(cfg.mesh, len(devices))
+    validate_mesh(cfg, data, model)
+    return _grid(cfg, devices, data, model)
+
+
+def abstract_mesh(data: int, model: int, cfg: GLaMConfig | None = None) -> Mesh:
     """A mesh over ``data × model`` devices for ahead-of-time planning (needs that many devices)."""
     n = data * model
     devices = jax.devices()
@@ -89,7 +100,12 @@ def abstract_mesh(data: int, model: int) -> Mesh:
             f"planning a {data}x{model} mesh needs {n} devices but JAX sees {len(devices)}; "
             f"set XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts (glam plan does this)"
         )
-    return Mesh(np.asarray(devices[:n], dtype=object).reshape(data, model), MESH_AXES)
+    return _grid(cfg, devices[:n], data, model)
+
+
+def data_size(mesh: Mesh) -> int:
+    """The full data-parallel extent (mesh.data of the config)."""
+    return mesh.shape["data"] * mesh.shape.get("data_inner", 1)
 
 
 def num_groups_for(batch_tokens: int, group_size: int, seq_len: int) -> int:

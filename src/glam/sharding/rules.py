@@ -8,6 +8,12 @@ mesh axes ``data`` and ``model``.
 Weights:   expert [P, E, M, F] → (None, data, None, model); dense FFN [M, F] → (data, model);
            attention [M, N, K] → (data, model, None); embedding [V, M] → (model, data).
 Activations: [B, S, M] → (data, None, model); dispatched expert inputs [E, G, C, M] → (data, ...).
+
+With more data shards than experts (paper: "one expert spans N/E devices") the mesh's data axis is
+factored into ``data`` (E shards, one per expert group) × ``data_inner`` (the devices one expert
+spans): batch-like dimensions use both, the expert axis uses ``data``, and each expert's hidden F
+is split over ``data_inner`` × ``model``. When there are at least as many experts as data shards,
+``data_inner`` has size 1 and drops out of every spec.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Logical name → mesh axis (None = replicated). Each name appears once.
-LOGICAL_RULES: dict[str, str | None] = {
+DATA = ("data", "data_inner")  # the full data-parallel extent
+
+LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     # parameters
     "layers": None,  # the stacked pair axis P: unsharded, so expert e sits on the same devices in every layer
     "vocab": "model",
-    "embed": "data",  # d_model of dense weights (attention, dense FFN, embedding)
+    "embed": DATA,  # d_model of dense weights (attention, dense FFN, embedding)
     "heads": "model",
     "head_dim": None,
-    "mlp": "model",  # ffn hidden F of dense and expert weights
+    "mlp": "model",  # ffn hidden F of dense weights
+    "expert_mlp": ("data_inner", "model"),  # ffn hidden F of expert weights
     "expert": "data",
     "expert_embed": None,  # d_model of expert weights (E already takes `data`)
     "router_embed": None,
@@ -35,16 +44,17 @@ LOGICAL_RULES: dict[str, str | None] = {
     "rel_buckets": None,
     "norm": None,
     # activations
-    "act_batch": "data",
+    "act_batch": DATA,
     "act_length": None,
     "act_embed": "model",
     "act_heads": "model",
     "act_kv_length": None,
     "act_mlp": "model",
     "act_vocab": "model",
-    "act_group": "data",  # routing groups G: each data shard routes its own tokens
+    "act_group": DATA,  # routing groups G: each data shard routes its own tokens
     "act_expert": "data",  # dispatched [E, G, C, M]: the all-to-all moves tokens to their expert's devices
     "act_capacity": None,
+    "act_group_inner": "data_inner",  # after the all-to-all, groups stay split over an expert's devices
 }
 
 _ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("glam_mesh", default=None)
@@ -60,9 +70,12 @@ def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None) -> Par
         if name not in LOGICAL_RULES:
             raise KeyError(f"logical axis {name!r} has no rule in glam.sharding.rules.LOGICAL_RULES")
         axis = LOGICAL_RULES[name]
-        if axis is not None and mesh is not None and mesh.shape.get(axis, 1) == 1:
-            axis = None
-        out.append(axis)
+        names = () if axis is None else (axis,) if isinstance(axis, str) else axis
+        if mesh is not None:
+            names = tuple(n for n in names if mesh.shape.get(n, 1) > 1)
+        else:
+            names = tuple(n for n in names if n != "data_inner")
+        out.append(None if not names else names[0] if len(names) == 1 else names)
     return PartitionSpec(*out)
 
 

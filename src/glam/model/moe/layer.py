@@ -27,8 +27,8 @@ class MoEFFN(nnx.Module):
         self.moe = moe
         self.activation = cfg.expert_activation
         self.w_router = param(rngs, uniform_fan_in(M), (M, E), ("router_embed", "router_expert"))
-        self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "mlp"))
-        self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "mlp", "expert_embed"))
+        self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
+        self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "expert_mlp", "expert_embed"))
 
     def experts(self, xe: jax.Array) -> jax.Array:
         """[E, G, C, M] → [E, G, C, M]: each expert's two-matrix FFN on its buffer."""
