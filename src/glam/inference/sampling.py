@@ -1,0 +1,93 @@
+"""Choosing the next token from logits [B, V]: greedy, temperature, top-k and top-p (nucleus).
+
+The order is the usual one (as in Hugging Face ``generate``): divide by the temperature, keep the
+top-k logits, then keep the smallest set of most likely tokens whose probability reaches top-p, and
+draw from what is left. Everything here is a pure function of arrays, so it runs inside the jitted
+decode step; a :class:`Sampler` is a frozen dataclass and therefore a static (hashable) jit argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from glam.errors import GLaMError
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How to draw the next token. ``temperature=0`` is greedy (argmax); filters need a temperature.
+
+    Attributes:
+      temperature: logits are divided by it before drawing; 0 means greedy decoding.
+      top_k: keep only the k most likely tokens (0 = off). Ties with the k-th logit are kept too.
+      top_p: keep the most likely tokens until their probability reaches top_p (1.0 = off).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise GLaMError(f"temperature={self.temperature}: use 0 for greedy decoding or a value > 0 to sample")
+        if self.top_k < 0:
+            raise GLaMError(f"top_k={self.top_k}: use 0 to turn top-k off or a positive number of tokens")
+        if not 0 < self.top_p <= 1:
+            raise GLaMError(f"top_p={self.top_p}: choose a probability in (0, 1]; 1.0 turns top-p off")
+        if self.temperature == 0 and (self.top_k > 0 or self.top_p < 1):
+            raise GLaMError("top-k and top-p filter a sampled distribution: set a temperature > 0 (e.g. 1.0)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampler()
+
+
+def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
+    """[..., V] → [..., V] with every logit below the k-th largest set to -inf (k >= V: unchanged)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_logits(logits: jax.Array, p: float) -> jax.Array:
+    """[..., V] → [..., V] keeping the smallest most-likely set whose probability reaches ``p``.
+
+    A token is kept when the probability of the tokens ranked strictly above it is below ``p``, so
+    the most likely token always survives and ``p = 1`` keeps everything.
+    """
+    if p >= 1.0:
+        return logits
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), order, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = mass_before < p
+    keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)  # back to vocab order
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def filter_logits(logits: jax.Array, sampler: Sampler) -> jax.Array:
+    """[B, V] fp32 logits of the distribution a sampler draws from (temperature, then top-k, top-p)."""
+    logits = logits.astype(jnp.float32) / sampler.temperature
+    return top_p_logits(top_k_logits(logits, sampler.top_k), sampler.top_p)
+
+
+def mask_vocab(logits: jax.Array, vocab_limit: int | None) -> jax.Array:
+    """Forbid ids >= ``vocab_limit`` (a model vocabulary padded beyond the tokenizer's)."""
+    if vocab_limit is None or vocab_limit >= logits.shape[-1]:
+        return logits
+    return jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+
+
+def next_tokens(logits: jax.Array, rng: jax.Array, sampler: Sampler, vocab_limit: int | None = None) -> jax.Array:
+    """Draw one token per row: logits [B, V] → ids [B] int32."""
+    logits = mask_vocab(logits.astype(jnp.float32), vocab_limit)
+    if sampler.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits, sampler), axis=-1).astype(jnp.int32)

@@ -1,0 +1,126 @@
+"""The text API end to end: generate/stream, stop strings, the token limit, the evals adapter, the CLI."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import pytest
+
+from glam.cli.main import main
+from glam.config import resolve
+from glam.data.tokenizer import train_tokenizer
+from glam.errors import GLaMError
+from glam.evals.model_api import LanguageModel
+from glam.inference import BeamSearch, GLaMLanguageModel, Sampler, generate, load_language_model
+from glam.model.init import init_params
+
+# An MoE model with a finite eval capacity (moe.eval_no_drop off), so this file runs the dropping
+# path; exact equalities with the full forward pass are tested in test_inference_decode/scoring.
+CFG = resolve(
+    "tiny",
+    [
+        "train.seq_len=32",
+        "model.max_seq_len=48",
+        "model.vocab_size=512",
+        "model.d_model=64",
+        "model.num_heads=2",
+        "model.head_dim=16",
+        "model.ffn_dim=128",
+        "model.num_layers=2",
+        "moe.num_experts=4",
+    ],
+)
+TEXT = [
+    f"The {a} {b} walks to the {c} and sees {n} birds.\nQ: Where?\nA: the {c}."
+    for a in ("quick", "lazy", "old", "young")
+    for b in ("fox", "dog", "cat", "horse")
+    for c, n in (("river", 3), ("market", 12), ("garden", 7))
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    tokenizer = train_tokenizer(TEXT, 320, str(tmp_path_factory.mktemp("tok") / "tok.model"), num_threads=1)
+    return CFG, init_params(CFG, jax.random.key(0)), tokenizer
+
+
+def test_generate_streams_the_same_text_it_returns(model):
+    cfg, params, tok = model
+    events = []
+    outs = generate(cfg, params, tok, ["The quick fox", "A:"], max_tokens=8, stream=events.append)
+    for i, out in enumerate(outs):
+        mine = [e for e in events if e.index == i]
+        assert "".join(e.text for e in mine) == out.text
+        assert sum((e.tokens for e in mine), ()) == out.tokens
+        assert mine[-1].finish_reason == out.finish_reason and all(e.finish_reason is None for e in mine[:-1])
+        assert len(out.tokens) <= 8 and (out.finish_reason == "eos" or len(out.tokens) == 8)
+        if out.finish_reason == "length":
+            assert tok.decode(out.tokens) == out.text
+
+
+def test_stop_strings_cut_the_text(model):
+    cfg, params, tok = model
+    [free] = generate(cfg, params, tok, ["The lazy dog"], max_tokens=8)
+    assert len(free.text) >= 6, "the test model should give a text long enough to pick a stop string from"
+    stop = free.text[3:5]
+    [out] = generate(cfg, params, tok, ["The lazy dog"], max_tokens=8, stop=["@@never@@", stop])
+    assert out.finish_reason == "stop" and out.text == free.text[: free.text.find(stop)]
+    assert len(out.tokens) < len(free.tokens) or free.finish_reason != "length"
+
+
+def test_token_limit_and_too_long_prompt(model):
+    cfg, params, tok = model
+    [out] = generate(cfg, params, tok, [[tok.bos_id, 50, 60]], max_tokens=3, sampler=Sampler(1.0, top_k=5))
+    assert len(out.tokens) <= 3 and (out.finish_reason == "eos" or len(out.tokens) == 3)
+    long_prompt = "The quick fox walks to the river. " * 10
+    with pytest.raises(GLaMError, match=r"prompt 1 is \d+ tokens.*shorten the prompt"):
+        generate(cfg, params, tok, ["short", long_prompt], max_tokens=8)
+
+
+def test_language_model_adapter(model):
+    cfg, params, tok = model
+    lm = GLaMLanguageModel(cfg, params, tok, batch_size=2)
+    assert isinstance(lm, LanguageModel)
+    (ll, greedy, n), (_, _, n2) = lm.loglikelihood([("The quick fox walks to the ", "river"), ("Q:", " Where?")])
+    # The context's trailing space moves to the continuation: " river" is scored as the whole text has it.
+    whole, ctx = tok.encode("The quick fox walks to the river"), tok.encode("The quick fox walks to the")
+    assert n == len(whole) - len(ctx) and ll < 0 and isinstance(greedy, bool) and n2 >= 1
+    [(text_ll, count), (_, long_count)] = lm.loglikelihood_rolling(["Q: Where?", "The quick fox. " * 30])
+    assert count == len(tok.encode("Q: Where?")) and text_ll < 0
+    assert long_count == len(tok.encode("The quick fox. " * 30)) > cfg.model.max_seq_len  # several windows
+    contexts = ["The old cat walks to the garden. " * 20, "The quick"]  # the first is cut on the left
+    texts = lm.generate(contexts, max_tokens=5, stop=["\n"], beam_size=2)
+    assert len(texts) == 2 and all(isinstance(t, str) and "\n" not in t for t in texts)
+    # Beam search hands each row over whole, as one event; the adapter gave the same texts.
+    room = cfg.model.max_seq_len - 5
+    prompts = [[tok.bos_id, *tok.encode(c)][-room:] for c in contexts]
+    events = []
+    outs = generate(cfg, params, tok, prompts, max_tokens=5, sampler=BeamSearch(2), stop=["\n"], stream=events.append)
+    assert [e.index for e in events] == [0, 1] and all(e.finish_reason for e in events)
+    assert [o.text for o in outs] == [e.text for e in events] == texts
+
+
+@pytest.fixture
+def fake_checkpoint(model, monkeypatch):
+    """A stand-in ``glam.checkpoint`` whose ``load_for_inference`` returns the test model."""
+    module = types.SimpleNamespace(load_for_inference=lambda run_dir, step=None: model)
+    monkeypatch.setitem(__import__("sys").modules, "glam.checkpoint", module)
+
+
+def test_cli_streams_one_prompt(model, fake_checkpoint, capsys):
+    cfg, params, tok = model
+    assert isinstance(load_language_model("runs/x"), GLaMLanguageModel)
+    assert main(["generate", "--checkpoint", "runs/x", "--prompt", "The quick", "--max-tokens", "8"]) == 0
+    [expected] = generate(cfg, params, tok, ["The quick"], max_tokens=8)
+    assert capsys.readouterr().out == expected.text + "\n"
+
+
+def test_cli_file_of_prompts_and_flag_errors(model, fake_checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"The quick"\n{"prompt": "Q: Where?"}\n', encoding="utf-8")
+    assert main(["generate", "--checkpoint", "x", "--file", str(prompts), "--max-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("=== [0] The quick") < out.index("=== [1] Q: Where?")
+    assert main(["generate", "--checkpoint", "x", "--prompt", "a", "--beam", "2", "--temperature", "1"]) == 2
+    assert "choose one" in capsys.readouterr().err
