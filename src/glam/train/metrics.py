@@ -1,0 +1,169 @@
+"""Training metrics: window summaries, MFU, and the writers (metrics.jsonl, TensorBoard, a progress bar).
+
+The loop keeps each step's metrics on device and fetches a whole window at a log step (the only host
+synchronisation). ``summarize`` turns the window into one record:
+
+- means over the window of loss, ce_loss, aux_loss, z_loss, grad_norm; the lr of the last step;
+- throughput (tokens/s) and MFU = tokens/s · FLOPs per token / (peak FLOP/s per device · devices),
+  FLOPs per token from ``glam.model.flops`` (PaLM appendix B: 6·N_activated + 12·L·A·S);
+- per MoE layer i (reference doc §3): ``moe/dropped_first/i``, ``moe/dropped_second/i`` (fractions of
+  assignments the capacity cut dropped), ``moe/load_max_over_mean/i`` and ``moe/load_cv/i`` (expert
+  load balance: 1 and 0 when perfectly balanced), ``moe/gate_entropy/i``, ``moe/unused_experts/i``;
+  and ``expert_load`` [P][E] for ``glam plot``'s heat map.
+
+Only process 0 writes. ``metrics.jsonl`` holds one JSON object per record: ``kind`` ("train" or
+"eval"), ``step``, and for train records at least ``loss``, ``lr``, ``tokens_per_sec``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+SCALARS = ("loss", "ce_loss", "aux_loss", "z_loss", "grad_norm")
+
+
+def moe_summary(moe: dict) -> dict:
+    """Per-layer routing statistics from window-stacked arrays [W, P, ...] (empty for dense models)."""
+    if not moe:
+        return {}
+    out: dict = {}
+    load = np.mean(moe["expert_load"], axis=0)  # [P, E], fractions of kept assignments
+    mean = np.maximum(load.mean(axis=-1), 1e-12)
+    per_layer = {
+        "dropped_first": np.mean(moe["dropped_first"], axis=0),
+        "dropped_second": np.mean(moe["dropped_second"], axis=0),
+        "load_max_over_mean": load.max(axis=-1) / mean,
+        "load_cv": load.std(axis=-1) / mean,
+        "gate_entropy": np.mean(moe["gate_entropy"], axis=0),
+        "unused_experts": np.mean(moe["unused_experts"], axis=0),
+    }
+    for name, values in per_layer.items():
+        for i, v in enumerate(values):
+            out[f"moe/{name}/{i}"] = float(v)
+    out["expert_load"] = load.round(5).tolist()
+    return out
+
+
+def summarize(
+    window: list[dict],
+    seconds: float,
+    timed_steps: int,
+    tokens_per_step: int,
+    flops_per_token: float,
+    peak_flops: float,
+    devices: int,
+) -> dict:
+    """One train record from the host copies of a window of per-step metrics.
+
+    Throughput counts every token of the ``timed_steps`` steps that ran in ``seconds`` (the first step
+    of a run compiles and is timed apart).
+    """
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *window)
+    record = {name: float(np.mean(stacked[name])) for name in SCALARS}
+    tokens_per_sec = timed_steps * tokens_per_step / seconds if timed_steps and seconds > 0 else 0.0
+    record.update(
+        lr=float(stacked["lr"][-1]),
+        tokens_per_sec=tokens_per_sec,
+        mfu=tokens_per_sec * flops_per_token / (peak_flops * devices) if peak_flops > 0 else 0.0,
+        skipped_steps=int(stacked["skipped_steps"][-1]),
+        nonfinite_in_window=int(np.sum(~stacked["finite"])),
+        target_tokens=float(np.sum(stacked["tokens"])),
+    )
+    record.update(moe_summary(stacked["moe"]))
+    return record
+
+
+def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of one device on an fp32 [size, size] matmul: the MFU denominator when none is configured."""
+    x = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        y = matmul(x)
+    y.block_until_ready()
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+class MetricsWriter:
+    """Appends records to ``RUN/metrics.jsonl`` and TensorBoard event files in ``RUN/tb`` (process 0 only)."""
+
+    def __init__(self, run_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, METRICS_FILE)
+        self.tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        prefix = "train/" if record.get("kind") == "train" else ""
+        for key, value in record.items():
+            if key not in ("kind", "step") and isinstance(value, (int, float)):
+                self.tb.add_scalar(prefix + key, value, record["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The records of ``RUN/metrics.jsonl`` (empty if there are none yet)."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+    """A live bar with ETA on a terminal (rich); one plain line per record otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True):
+        self.enabled = enabled
+        self.live = enabled and sys.stdout.isatty()
+        self.bar = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, record: dict) -> None:
+        if not self.enabled:
+            return
+        if record.get("kind") == "eval":
+            info = f"held-out loss {record['heldout/mean']:.3f}"
+        else:
+            info = f"loss {record['loss']:.3f}  lr {record['lr']:.2e}  {record['tokens_per_sec']:,.0f} tok/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+            if record.get("kind") == "eval":
+                self.bar.console.print(f"step {step}: {info}")
+        else:
+            print(f"step {step}: {info}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,90 @@
+"""`glam info` and `glam plan`: JSON contents, ahead-of-time compilation, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from glam.cli.main import main
+from glam.cli.plan import plan
+from glam.config import resolve
+
+
+def test_info_json_has_the_documented_keys(capsys):
+    assert main(["info", "glam-64b-64e", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    for key in (
+        "params_total",
+        "params_activated",
+        "vocab_size",
+        "num_layers",
+        "d_model",
+        "ffn_dim",
+        "num_heads",
+        "head_dim",
+        "num_experts",
+        "flops_per_token_train",
+        "flops_per_token_inference",
+    ):
+        assert key in d
+    assert d["params_activated"] == 96_604_528_640 and d["num_experts"] == 64
+    assert d["paper_params_total"] == 1.2e12
+    # 6N + 12·L·A·S with N = 96.6B, L = 64, A = 16384, S = 1024
+    assert d["flops_per_token_train"] == 6 * 96_604_528_640 + 12 * 64 * 16384 * 1024
+
+
+def test_info_dense_has_zero_experts(capsys):
+    assert main(["info", "dense-8b", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["num_experts"] == 0 and d["params_total"] == d["params_activated"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["info", "glam-9000b"], "unknown preset 'glam-9000b'"),
+        (["info", "tiny", "model.d_modle=3"], "model.d_modle: unknown key"),
+        (["info", "tiny", "train.steps=many"], "train.steps: expected an integer"),
+        (["info", "tiny", "moe.num_experts=1"], "moe.num_experts: top-2 gating needs at least 2 experts"),
+        (["plan", "tiny", "--mesh", "4by2"], "write it as DATAxMODEL"),
+        (["plan", "tiny", "--mesh", "3x1"], "not divisible by mesh.data=3"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 simulated devices (tests/conftest.py)")
+def test_plan_tiny_on_4x2_reports_memory_and_shardings():
+    p = plan(resolve("tiny"), 4, 2)
+    assert p["devices"] == 8
+    assert (
+        p["total_bytes_per_device"]
+        == p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"] + p["code_bytes"]
+    )
+    assert p["argument_bytes"] > 0 and p["temp_bytes"] > 0
+    assert p["shardings"]["expert w_in [P, E, M, F]"] == "P(None, 'data', None, 'model')"
+
+
+@pytest.mark.slow
+def test_plan_glam_64b_64e_on_1024_simulated_devices():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "glam.cli.main", "plan", "glam-64b-64e", "--mesh", "64x16", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=True,
+    )
+    p = json.loads(out.stdout)
+    assert p["devices"] == 1024
+    # 1.16T fp32 parameters over 1024 chips alone are 4.5 GB per chip; with Adafactor's factored
+    # state and remat the whole step must fit a 32 GiB TPU v4.
+    assert 4.5e9 < p["argument_bytes"] < 9e9
+    assert p["total_gib_per_device"] < 32
