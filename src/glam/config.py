@@ -401,33 +401,6 @@ def from_dict(cls: type, values: dict, where: str = "") -> Any:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
-def replace_path(cfg: Any, path: str, value: Any, full: str | None = None) -> Any:
-    """Return ``cfg`` with the dotted field ``path`` set to ``value`` (coerced to its type)."""
-    full = full or path
-    head, _, rest = path.partition(".")
-    names = {f.name for f in dataclasses.fields(cfg)}
-    if head not in names:
-        prefix = full[: len(full) - len(path)]
-        raise ConfigError(
-            f"{full}: unknown key; valid keys under '{prefix or 'the config'}' are {', '.join(sorted(names))}"
-        )
-    current = getattr(cfg, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"{full}: '{head}' is a value, not a section")
-        new = replace_path(current, rest, value, full)
-    else:
-        if dataclasses.is_dataclass(current) and not isinstance(value, dict):
-            raise ConfigError(f"{full}: is a section; set one of its fields, e.g. {full}.<field>=...")
-        tp = typing.get_type_hints(type(cfg))[head]
-        if dataclasses.is_dataclass(current):
-            merged = {**dataclasses.asdict(current), **value}
-            new = from_dict(type(current), merged, full)
-        else:
-            new = _coerce(value, tp, full)
-    return dataclasses.replace(cfg, **{head: new})
-
-
 def parse_override(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -435,26 +408,53 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def apply_overrides(cfg: GLaMConfig, overrides: list[str] | tuple[str, ...]) -> GLaMConfig:
-    for item in overrides:
-        key, value = parse_override(item)
-        cfg = replace_path(cfg, key, value)
-    return cfg
+def _nest(path: str, value: Any) -> dict:
+    head, _, rest = path.partition(".")
+    return {head: _nest(rest, value) if rest else value}
 
 
-def merge_dict(cfg: GLaMConfig, values: dict, where: str = "") -> GLaMConfig:
-    """Apply a nested dict (e.g. from YAML) on top of ``cfg``."""
+def _deep_update(into: dict, new: dict) -> dict:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _replace_nested(obj: Any, values: dict, where: str = "") -> Any:
+    """``obj`` with every field in the nested ``values`` replaced at once, so a section is validated
+    only after all of its changes (e.g. mesh.num_processes together with mesh.coordinator_address)."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
-        current = cfg
-        for part in path.split(".")[:-1]:
-            current = getattr(current, part, None)
-        leaf = getattr(current, key, None) if current is not None else None
-        if isinstance(value, dict) and dataclasses.is_dataclass(leaf):
-            cfg = merge_dict(cfg, value, path)
+        if key not in names:
+            scope = f"under '{where}.'" if where else "at the top level"
+            raise ConfigError(f"{path}: unknown key; valid keys {scope} are {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: is a section; set one of its fields, e.g. {path}.<field>=...")
+            changes[key] = _replace_nested(current, value, path)
         else:
-            cfg = replace_path(cfg, path, value)
-    return cfg
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)
+
+
+def apply_overrides(cfg: GLaMConfig, overrides: list[str] | tuple[str, ...]) -> GLaMConfig:
+    """Apply dotted ``key=value`` overrides together; validation sees the final values."""
+    values: dict = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _deep_update(values, _nest(key, value))
+    return _replace_nested(cfg, values)
+
+
+def merge_dict(cfg: GLaMConfig, values: dict) -> GLaMConfig:
+    """Apply a nested dict (e.g. from YAML) on top of ``cfg``."""
+    return _replace_nested(cfg, values)
 
 
 def load_yaml(path: str, base: GLaMConfig | None = None) -> GLaMConfig:

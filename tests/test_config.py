@@ -1,0 +1,76 @@
+"""The typed config: presets, dotted overrides, YAML files, and errors that name the field."""
+
+import pytest
+
+from glam.config import ConfigError, GLaMConfig, SourceConfig, load_yaml, resolve
+from glam.presets import PRESETS, get_preset
+
+
+def test_every_preset_builds_and_round_trips_through_yaml(tmp_path):
+    for name in PRESETS:
+        cfg = get_preset(name)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(cfg.to_yaml())
+        assert load_yaml(str(path)) == cfg
+
+
+def test_overrides_are_typed_and_applied_together():
+    cfg = resolve("tiny", ["train.steps=7", "optim.lr_scale=0.25", "model.scan_layers=false", "moe.dispatch=einsum"])
+    assert (cfg.train.steps, cfg.optim.lr_scale, cfg.model.scan_layers, cfg.moe.dispatch) == (7, 0.25, False, "einsum")
+    # Validation sees the final values, whatever the order of the overrides.
+    cfg = resolve("tiny", ["mesh.process_id=1", "mesh.num_processes=2", "mesh.coordinator_address=host0:1234"])
+    assert (cfg.mesh.num_processes, cfg.mesh.process_id) == (2, 1)
+
+
+def test_yaml_with_preset_and_sources(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "preset: tiny\ntrain:\n  steps: 11\ndata:\n  sources:\n"
+        "    - {name: web, path: 'web/*.jsonl', weight: 0.7}\n    - {name: books, path: books.txt, weight: 0.3}\n"
+    )
+    cfg = resolve(str(path), ["train.batch_size=8"])
+    assert cfg.name == "tiny" and cfg.train.steps == 11 and cfg.train.batch_size == 8
+    assert cfg.data.sources == (SourceConfig("web", "web/*.jsonl", 0.7), SourceConfig("books", "books.txt", 0.3))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.stepz=3"], "train.stepz: unknown key; valid keys under 'train.'"),
+        (["trian.steps=3"], "trian: unknown key"),
+        (["train.steps=3.5"], "train.steps: expected an integer, got '3.5'"),
+        (["model.scan_layers=maybe"], "model.scan_layers: expected true or false"),
+        (["model.remat=some"], "model.remat: got 'some'; choose one of"),
+        (["model.num_layers=5"], "model.num_layers: got 5; GLaM stacks (MoE, dense) pairs"),
+        (["train"], "write overrides as section.field=value"),
+        (["train=1"], "train: is a section"),
+        (["train.batch_size=6", "train.grad_accum=4"], "train.grad_accum: must divide train.batch_size=6"),
+        (["train.seq_len=512"], "train.seq_len: 512 exceeds model.max_seq_len=256"),
+        (["moe.group_size=100"], "moe.group_size: 100 must divide the tokens per micro-batch"),
+        (["mesh.num_processes=2"], "mesh.coordinator_address: set it"),
+    ],
+)
+def test_mistakes_name_the_field_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as exc:
+        resolve("tiny", overrides)
+    assert message in str(exc.value)
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        resolve(str(bad))
+    weight = tmp_path / "weight.yaml"
+    weight.write_text("data:\n  sources:\n    - {name: a, path: a.txt, weight: 0}\n")
+    with pytest.raises(ConfigError, match=r"data.sources\[a\].weight: got 0.0; mixture weights must be > 0"):
+        resolve(str(weight))
+
+
+def test_config_is_frozen_and_hashable():
+    cfg = GLaMConfig()
+    with pytest.raises(AttributeError):
+        cfg.train.steps = 3  # type: ignore[misc]
+    assert hash(cfg) == hash(GLaMConfig())
