@@ -30,11 +30,14 @@ class MoEFFN(nnx.Module):
         self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "expert_mlp", "expert_embed"))
 
+    def act(self, h: jax.Array) -> jax.Array:
+        return ACTIVATIONS[self.activation](h)
+
     def experts(self, xe: jax.Array) -> jax.Array:
         """[E, G, C, M] → [E, G, C, M]: each expert's two-matrix FFN on its buffer."""
         dtype = xe.dtype
         h = jnp.einsum("egcm,emf->egcf", xe, self.w_in[...].astype(dtype))
-        h = constrain(ACTIVATIONS[self.activation](h), ax.EGCF)
+        h = constrain(self.act(h), ax.EGCF)
         return jnp.einsum("egcf,efm->egcm", h, self.w_out[...].astype(dtype))
 
     def __call__(
@@ -53,7 +56,7 @@ class MoEFFN(nnx.Module):
         xg = constrain(x.reshape(G, group_size, M), ax.GSM)  # [G, S_g, M]
         factor = self.moe.capacity_factor_train if train else self.moe.capacity_factor_eval
         C = capacity_for(group_size, E, factor, self.moe.capacity_multiple)
-        if not train and self.moe.eval_no_drop:
+        if self.moe.dispatch == "dropless" or (not train and self.moe.eval_no_drop):
             C = group_size  # an expert receives at most one assignment per token: nothing is dropped
         logits = jnp.einsum("gsm,me->gse", xg.astype(jnp.float32), self.w_router[...])
         routing = top2_gating(
@@ -65,5 +68,5 @@ class MoEFFN(nnx.Module):
             valid=None if valid is None else valid.reshape(G, group_size),
         )
         dispatch = DISPATCH[self.moe.dispatch]
-        y = dispatch(xg, routing, self.experts, E, C)
+        y = dispatch(xg, routing, self, E, C)
         return constrain(y.reshape(B, S, M), ax.BSM), routing.stats

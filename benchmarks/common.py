@@ -1,0 +1,61 @@
+"""Shared helpers of the benchmark scripts: interleaved timing, a measured matmul peak, JSON output.
+
+The machine these ran on is shared with other jobs, so absolute times are noisy. Every script
+therefore times the variants it compares in the same run, interleaved round by round, and reports
+medians and ratios of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each zero-argument function; one warm-up call each (compilation),
+    then ``repeats`` rounds that call every function once in turn, so load changes hit all alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+    """FLOP/s of one n×n×n matmul on the default device: the peak that MFU is quoted against."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(jnp.dot)
+    seconds = interleaved({"matmul": lambda: f(a, b)}, repeats)["matmul"]
+    return 2.0 * n**3 / seconds
+
+
+def machine() -> dict:
+    device = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: str | None, result: dict) -> None:
+    result = {"machine": machine(), **result}
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
