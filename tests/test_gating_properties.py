@@ -19,7 +19,7 @@ def routing_case(draw):
     return logits, draw(st.integers(1, S + 1))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(routing_case())
 def test_gating_invariants(case):
     logits, C = case
