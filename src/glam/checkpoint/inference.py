@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from glam.checkpoint.manager import TOKENIZER_FILE, Checkpointer, read_config
 from glam.config import GLaMConfig
 from glam.data.tokenizer import Tokenizer
+from glam.errors import GLaMError
 from glam.model.init import abstract_params, param_shardings
 from glam.sharding.rules import active_mesh
 
@@ -45,9 +46,15 @@ def load_for_inference(
     ``glam.sharding.rules.activate``, else the default device; the optimizer state is not read.
     """
     cfg = read_config(run_dir)
+    tokenizer = Tokenizer(os.path.join(run_dir, TOKENIZER_FILE))
+    if tokenizer.vocab_size > cfg.model.vocab_size:  # its ids would index past the embedding table
+        raise GLaMError(
+            f"{tokenizer.path} has {tokenizer.vocab_size} pieces but the checkpoint's model.vocab_size is "
+            f"{cfg.model.vocab_size}; put back the tokenizer the run was trained with"
+        )
     checkpointer = Checkpointer(run_dir)
     try:
         _, params = checkpointer.restore_params(_target(cfg, mesh or active_mesh()), step)
     finally:
         checkpointer.close()
-    return cfg, params, Tokenizer(os.path.join(run_dir, TOKENIZER_FILE))
+    return cfg, params, tokenizer

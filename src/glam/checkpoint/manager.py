@@ -20,6 +20,7 @@ saved on one mesh restores onto another. In a multi-process job every process ca
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import numpy as np
@@ -60,8 +61,10 @@ def checkpoint_dir(run_dir: str) -> str:
 class Checkpointer:
     """Save and restore the train state and the data pipeline state of one run directory."""
 
-    def __init__(self, run_dir: str, keep: int = 3):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    def __init__(self, run_dir: str, keep: int = 3, *, writer: bool = False):
+        # The training run (``writer``) removes the temporary folders a killed process left behind;
+        # readers (inference, evaluation) must not: they may be those of a run writing right now.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=writer)
         self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -94,15 +97,13 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise GLaMError("no finished checkpoint to restore; train first (or use a run directory that has one)")
-        out = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(target.params),
-                opt_state=ocp.args.StandardRestore(target.opt_state),
-                meta=ocp.args.JsonRestore(),
-                data=ocp.args.JsonRestore(),
-            ),
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(target.params),
+            opt_state=ocp.args.StandardRestore(target.opt_state),
+            meta=ocp.args.JsonRestore(),
+            data=ocp.args.JsonRestore(),
         )
+        out = self._restore(step, args)
         meta = out.meta
         scalar = lambda value, like: jax.device_put(np.asarray(value, like.dtype), like.sharding)  # noqa: E731
         state = TrainState(
@@ -122,14 +123,47 @@ class Checkpointer:
             raise GLaMError("the run directory has no finished checkpoint; train first")
         if step not in self.all_steps():
             raise GLaMError(f"no checkpoint at step {step}; the run directory has steps {self.all_steps()}")
-        out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        out = self._restore(step, ocp.args.Composite(params=ocp.args.StandardRestore(target)))
         return step, out.params
+
+    def _restore(self, step: int, args: ocp.args.Composite):
+        """``manager.restore``, with a damaged checkpoint (files truncated or deleted after it was
+        finalised) reported as one line naming it and the way out, instead of a TensorStore traceback."""
+        _quiet_closed_event_loop()
+        try:
+            return self.manager.restore(step, args=args)
+        except Exception as exc:  # Orbax/TensorStore raise ValueError, KeyError, FileNotFoundError, Exception
+            folder = os.path.join(self.manager.directory, str(step))
+            earlier = [s for s in self.all_steps() if s < step]
+            way_out = f"the run resumes from step {max(earlier)}" if earlier else "the run starts over"
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise GLaMError(
+                f"checkpoint {folder} is damaged or incomplete ({type(exc).__name__}: {detail}); delete that "
+                f"folder ({way_out}), or load another step (glam generate --step)"
+            ) from None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _quiet_closed_event_loop() -> None:
+    """When a restore fails, TensorStore still completes the reads in flight and each callback finds
+    Orbax's event loop closed: dozens of tracebacks of noise around the one error line. Drop those
+    (the hook in place handles every other unraisable exception)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "glam_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.glam_quiet = True
+    sys.unraisablehook = hook
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,9 +211,8 @@ def read_config(run_dir: str) -> GLaMConfig:
         return from_dict(GLaMConfig, yaml.safe_load(f) or {})
 
 
-def prepare_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
-    """Create ``run_dir`` and write the config, or check that an existing one was trained with ``cfg``."""
-    os.makedirs(run_dir, exist_ok=True)
+def check_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
+    """Refuse a run directory whose saved config differs from ``cfg`` in a non-resumable field."""
     path = os.path.join(run_dir, CONFIG_FILE)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -190,6 +223,13 @@ def prepare_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
                 f"run directory {run_dir!r} belongs to a different config ({'; '.join(diffs)}); "
                 "train into a new --run-dir, or undo those overrides to resume this run"
             )
+
+
+def prepare_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
+    """Create ``run_dir`` and write the config, or check that an existing one was trained with ``cfg``."""
+    check_run_dir(cfg, run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, CONFIG_FILE)
     if jax.process_index() == 0:
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -169,6 +169,7 @@ def resolve_task_names(names: str | Sequence[str], data_root: str | Path | None 
         if item == "all":
             out += [n for n in list_tasks(task_dirs) if has_data(load_task(n, task_dirs), data_root)]
         elif item:
+            load_task(item, task_dirs)  # a bad task file fails here, before a model is loaded
             out.append(item)
     if not out:
         raise TaskError("no tasks selected; pass --tasks NAME[,NAME...] or --tasks all")

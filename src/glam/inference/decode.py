@@ -69,10 +69,12 @@ def check_prompt_fits(length: int, max_tokens: int, max_seq_len: int, index: int
         raise GLaMError(f"max_tokens={max_tokens}: ask for at least 1 token")
     if length + max_tokens > max_seq_len:
         room = max_seq_len - max_tokens
+        fix = f"shorten the prompt to at most {room} tokens"
+        if length < max_seq_len:  # otherwise no max_tokens >= 1 fits
+            fix += f" or lower max_tokens to {max_seq_len - length}"
         raise GLaMError(
             f"prompt {index} is {length} tokens, but model.max_seq_len={max_seq_len} leaves room for "
-            f"{room} prompt tokens when generating max_tokens={max_tokens}; shorten the prompt to at most "
-            f"{room} tokens or lower max_tokens to {max(max_seq_len - length, 0)}"
+            f"{room} prompt tokens when generating max_tokens={max_tokens}; {fix}"
         )
 
 

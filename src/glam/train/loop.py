@@ -20,13 +20,13 @@ import jax
 import numpy as np
 
 from glam.checkpoint.inference import save_tokenizer
-from glam.checkpoint.manager import Checkpointer, prepare_run_dir
+from glam.checkpoint.manager import Checkpointer, check_run_dir, prepare_run_dir
 from glam.config import GLaMConfig
 from glam.data.pipeline import DataPipeline, build_pipeline
 from glam.errors import GLaMError
 from glam.model.flops import model_size
 from glam.sharding.mesh import initialize_distributed, make_mesh
-from glam.train.metrics import MetricsWriter, Progress, measure_peak_flops, summarize
+from glam.train.metrics import MetricsWriter, Progress, measure_peak_flops, summarize, trim_metrics
 from glam.train.rollback import SpikeGuard
 from glam.train.state import TrainState, abstract_state, create_train_state
 from glam.train.step import make_eval_step, make_train_step, shard_batch
@@ -56,20 +56,29 @@ def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(cfg)
-    prepare_run_dir(cfg, run_dir)
-    save_tokenizer(cfg, run_dir)
-    pipeline = build_pipeline(cfg, run_dir)
+    # Bad input (another run's directory, a missing or empty source, a tokenizer that does not fit the
+    # model, a damaged checkpoint) is reported before anything is written into the run directory.
+    check_run_dir(cfg, run_dir)
+    pipeline = build_pipeline(cfg, run_dir)  # trains a tokenizer into run_dir if data.tokenizer is unset
     heldout = {
         s.name: [shard_batch(b, mesh) for b in pipeline.heldout_batches(s.name, cfg.train.eval_batches)]
         for s in pipeline.sources
     }
+    checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep, writer=True)
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state = create_train_state(cfg, mesh)
+    else:
+        state, data_state = checkpointer.restore(abstract_state(cfg, mesh), latest)
+        pipeline.load_state_dict(data_state)
+        if jax.process_index() == 0:
+            print(f"resumed from checkpoint {latest} in {run_dir}", flush=True)
+    prepare_run_dir(cfg, run_dir)  # the config is (re)written once the state is in hand
+    save_tokenizer(cfg, run_dir)
+    if jax.process_index() == 0:
+        trim_metrics(run_dir, latest or 0)  # records a killed process wrote after its last checkpoint
     writer = MetricsWriter(run_dir, enabled=jax.process_index() == 0)
-    run = Run(cfg, mesh, pipeline, Checkpointer(run_dir, cfg.checkpoint.keep), writer, heldout)
-    if run.checkpointer.latest_step() is None:
-        return run, create_train_state(cfg, mesh)
-    state, data_state = run.restore()
-    pipeline.load_state_dict(data_state)
-    return run, state
+    return Run(cfg, mesh, pipeline, checkpointer, writer, heldout), state
 
 
 def evaluate(run: Run, eval_step, params: dict, step: int) -> dict:
@@ -135,8 +144,17 @@ def train(cfg: GLaMConfig, run_dir: str) -> dict:
             window, clock, timed_steps = [], time.perf_counter(), 0
             reason = guard.check(np.array([h["loss"] for h in host]), np.array([h["finite"] for h in host]))
             if reason and t.rollback:
-                state, step = roll_back(run, reason, step, rollbacks)
+                state, to_step = roll_back(run, reason, step, rollbacks)
                 rollbacks += 1
+                record = {
+                    "kind": "rollback",
+                    "step": step,
+                    "to_step": to_step,
+                    "reason": reason,
+                    "rollbacks": rollbacks,
+                }
+                run.writer.write(record)
+                step = to_step
                 guard.reset_streak()
                 continue
             if reason and jax.process_index() == 0:

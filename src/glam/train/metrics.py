@@ -121,13 +121,42 @@ class MetricsWriter:
             self.tb.close()
 
 
+def _parse(lines: list[str]) -> list[dict]:
+    """JSON records of metrics lines; a torn last line (the writer was killed mid-write) is dropped."""
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 or line.endswith("\n"):
+                raise
+    return records
+
+
+def trim_metrics(run_dir: str, step: int) -> None:
+    """Keep only the records of steps up to ``step``, the checkpoint a run resumes from (none when it
+    starts at 0): a process killed after that checkpoint may have logged later steps, or half a line,
+    and the resumed run logs those steps again. The file is replaced atomically."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    records = _parse(lines)  # without a torn last line
+    kept = [line.rstrip("\n") + "\n" for line, r in zip(lines, records) if step > 0 and r["step"] <= step]
+    if kept != lines:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+
+
 def read_metrics(run_dir: str) -> list[dict]:
     """The records of ``RUN/metrics.jsonl`` (empty if there are none yet)."""
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return _parse([line for line in f if line.strip()])
 
 
 class Progress:
