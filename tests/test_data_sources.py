@@ -137,3 +137,17 @@ def test_shared_corpus_sources_have_table3_weights():
     assert len(sources["news"]) == 7600 and "\n" in sources["news"].document(0)
     assert "<" not in sources["forums.stackexchange"].document(0)
     assert len(sources["conversations.switchboard"]) == 36
+
+
+def test_default_corpus_is_machine_independent(tmp_path):
+    """The same Python gives the same corpus anywhere: no interpreter or home paths leak into it."""
+    import os
+    import sys
+
+    from glam.data.default_corpus import default_sources
+
+    sources = default_sources(str(tmp_path))
+    text = "".join(open(s.path, encoding="utf-8").read() for s in sources)
+    assert len(text) > 2_000_000
+    for leak in (sys.executable, sys.prefix, os.path.expanduser("~"), str(tmp_path)):
+        assert leak not in text, leak

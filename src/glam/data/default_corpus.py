@@ -210,9 +210,13 @@ _SKIP = re.compile(
 _MIN_DOC_CHARS = 40
 
 
+CORPUS_FORMAT = 2  # bump when the extraction changes, so stale caches are rebuilt
+
+
 def corpus_dir(cache_dir: str) -> str:
-    """The cache folder of the running Python version."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    """The cache folder of the running Python version and corpus format."""
+    v = sys.version_info
+    version = f"python{v.major}.{v.minor}.{v.micro}-v{CORPUS_FORMAT}"
     return os.path.join(os.path.expanduser(cache_dir), version)
 
 
@@ -281,8 +285,8 @@ def _import(name: str):
 def _signature(obj) -> str:
     """``(a, b=1, *args, key=...)``: names and simple literal defaults only.
 
-    Other defaults (``os.environ``, objects) are shown as ``...``: their reprs depend on the machine
-    and would put its environment into the corpus.
+    Other defaults (``os.environ``, objects, file paths) are shown as ``...``: their reprs depend on the
+    machine, and the corpus must be the same on every machine with the same Python.
     """
     try:
         params = inspect.signature(obj).parameters.values()
@@ -296,6 +300,8 @@ def _signature(obj) -> str:
         name = {p.VAR_POSITIONAL: f"*{p.name}", p.VAR_KEYWORD: f"**{p.name}"}.get(p.kind, p.name)
         if p.default is not p.empty:
             simple = isinstance(p.default, (type(None), bool, int, float, str, bytes)) and len(repr(p.default)) <= 40
+            # Paths (e.g. sys.executable as platform.architecture's default) differ between machines.
+            simple = simple and not (isinstance(p.default, str) and os.sep in p.default)
             name += f"={p.default!r}" if simple else "=..."
         parts.append(name)
     return f"({', '.join(parts)})"
