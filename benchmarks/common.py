@@ -32,13 +32,18 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-    """FLOP/s of one n×n×n matmul on the default device: the peak that MFU is quoted against."""
+def matmul_thunk(n: int = 2048, dtype=jnp.float32) -> tuple[Callable[[], object], float]:
+    """(a zero-argument n×n×n matmul, its FLOPs): time it interleaved with what MFU is quoted for."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     f = jax.jit(jnp.dot)
-    seconds = interleaved({"matmul": lambda: f(a, b)}, repeats)["matmul"]
-    return 2.0 * n**3 / seconds
+    return (lambda: f(a, b)), 2.0 * n**3
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+    """FLOP/s of one n×n×n matmul on the default device: the peak that MFU is quoted against."""
+    fn, flops = matmul_thunk(n, dtype)
+    return flops / interleaved({"matmul": fn}, repeats)["matmul"]
 
 
 def machine() -> dict:

@@ -4,7 +4,7 @@ The step is the training engineer's ``glam.train.step.make_train_step`` (loss, b
 update, non-finite skip) on a one-device mesh, fed a fixed random batch. Model FLOPs per token come
 from ``glam.model.flops.model_size`` (PaLM appendix B: 6·N + 12·L·A·S, N = activated parameters;
 rematerialised recomputation is not counted, as MFU requires). The peak is one large fp32 matmul
-timed in the same run (``common.matmul_peak``).
+timed in the same interleaved rounds as the steps (``common.matmul_thunk``).
 
     .venv/bin/python benchmarks/train_step.py --json train_step.json
     .venv/bin/python benchmarks/train_step.py --presets dense-0.1b glam-0.1b-8e \
@@ -17,7 +17,7 @@ import argparse
 
 import jax
 import numpy as np
-from common import interleaved, matmul_peak, write_json
+from common import interleaved, matmul_thunk, write_json
 
 from glam.config import resolve
 from glam.model.flops import model_size
@@ -63,8 +63,10 @@ def stepper(cfg):
 
 def run(args) -> dict:
     cfgs = {name: config(name, args.set) for name in args.presets}
-    peak = matmul_peak()
-    times = interleaved({name: stepper(cfg) for name, cfg in cfgs.items()}, args.repeats)
+    # The peak matmul runs in the same interleaved rounds as the steps, so both see the same load.
+    matmul, matmul_flops = matmul_thunk()
+    times = interleaved({**{name: stepper(cfg) for name, cfg in cfgs.items()}, "_matmul": matmul}, args.repeats)
+    peak = matmul_flops / times["_matmul"]
     rows = []
     for name, cfg in cfgs.items():
         size = model_size(cfg)
