@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--run-dir", default=None, help="default: a new temporary folder")
     parser.add_argument("--json", default=None, help="also write the samples and the slope here")
+    parser.add_argument("--set", nargs="*", default=[], help="extra dotted overrides, e.g. checkpoint.every=100000")
     args = parser.parse_args()
     cfg = resolve(
         "tiny",
@@ -81,6 +82,7 @@ def main() -> None:
             "train.eval_every=100",
             "checkpoint.every=200",
             "checkpoint.keep=2",
+            *args.set,
         ],
     )
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="glam_soak_")
