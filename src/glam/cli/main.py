@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules; each has add_parser(subparsers) registering its commands with func=run.
-SUBCOMMANDS = ("info", "plan", "train", "demo", "tokenizer", "data", "generate", "eval", "plot", "bench")
+SUBCOMMANDS = ("info", "plan", "train", "demo", "tokenizer", "data", "generate", "eval", "plot")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -33,7 +33,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glam", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="glam", description="GLaM sparse Mixture-of-Experts language models: one subcommand per job."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
