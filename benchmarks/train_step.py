@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 
 import jax
-import numpy as np
 from common import interleaved, matmul_thunk, write_json
 
 from glam.config import resolve
+from glam.data.packing import random_batch
 from glam.model.flops import model_size
 from glam.sharding.mesh import make_mesh
 from glam.train.state import create_train_state
@@ -34,24 +34,11 @@ def config(name: str, overrides: list[str]):
     return resolve(preset, extra + ["mesh.data=1", "mesh.model=1", *overrides])
 
 
-def random_batch(cfg) -> dict:
-    rng = np.random.default_rng(0)
-    B, S = cfg.train.batch_size, cfg.train.seq_len
-    tokens = rng.integers(4, cfg.model.vocab_size, (B, S + 1)).astype(np.int32)
-    return {
-        "inputs": tokens[:, :-1],
-        "targets": tokens[:, 1:],
-        "segment_ids": np.ones((B, S), np.int32),
-        "positions": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
-        "loss_weights": np.ones((B, S), np.float32),
-    }
-
-
 def stepper(cfg):
     """A zero-argument thunk running one training step; the state is threaded through (donated)."""
     mesh = make_mesh(cfg, jax.devices()[:1])
     step = make_train_step(cfg, mesh)
-    batch = shard_batch(random_batch(cfg), mesh)
+    batch = shard_batch(random_batch(cfg.train.batch_size, cfg.train.seq_len, cfg.model.vocab_size), mesh)
     box = {"state": create_train_state(cfg, mesh)}
 
     def run():

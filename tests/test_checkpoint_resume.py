@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from glam.data.packing import rows_from_tokens
 from glam.train.testing import run_train, small_run_config, subprocess_env, train_command, train_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_resume")]
@@ -74,14 +75,7 @@ def test_load_for_inference(setup):
     assert cfg.model.d_model == 64 and cfg.train.steps == 20
     ids = tokenizer.encode("Return a new dictionary")
     assert tokenizer.decode(ids) == "Return a new dictionary"
-    S = len(ids) - 1
-    batch = {
-        "inputs": np.asarray([ids[:-1]], np.int32),
-        "targets": np.asarray([ids[1:]], np.int32),
-        "segment_ids": np.ones((1, S), np.int32),
-        "positions": np.arange(S, dtype=np.int32)[None],
-        "loss_weights": np.ones((1, S), np.float32),
-    }
+    batch = rows_from_tokens(np.asarray([ids]))
     loss, _ = loss_fn(cfg, params, batch, train=False)
     assert np.isfinite(float(loss)) and float(loss) < np.log(cfg.model.vocab_size)
     _, earlier, _ = load_for_inference(str(folder / "straight"), step=15)

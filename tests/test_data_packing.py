@@ -77,3 +77,18 @@ def test_packing_properties(docs, seq_len):
     # Every document starts with bos as its first input; continuation chunks keep the true predecessor.
     chunks = unpack_targets(batch)
     assert sum(len(c) for c in chunks) == sum(len(d) for d in docs)
+
+
+def test_rows_from_tokens_and_random_batch():
+    from glam.data.packing import random_batch, rows_from_tokens
+
+    b = rows_from_tokens(np.array([[5, 6, 7, 8], [9, 10, 11, 12]]))
+    np.testing.assert_array_equal(b["inputs"], [[5, 6, 7], [9, 10, 11]])
+    np.testing.assert_array_equal(b["targets"], [[6, 7, 8], [10, 11, 12]])
+    np.testing.assert_array_equal(b["positions"], [[0, 1, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(b["segment_ids"], np.ones((2, 3)))
+    assert b["inputs"].dtype == np.int32 and b["loss_weights"].dtype == np.float32
+    r = random_batch(3, 16, 20, seed=1)
+    assert r["inputs"].shape == (3, 16) and r["inputs"].min() >= 4 and r["inputs"].max() < 20
+    np.testing.assert_array_equal(r["inputs"][:, 1:], r["targets"][:, :-1])
+    np.testing.assert_array_equal(random_batch(3, 16, 20, seed=1)["targets"], r["targets"])

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from glam.config import resolve
+from glam.data.packing import random_batch
 from glam.train.metrics import read_metrics
 from glam.train.testing import small_run_config
 
@@ -86,14 +86,7 @@ def test_bf16_activations_keep_router_softmax_and_loss_fp32():
     cfg = resolve("tiny", SMALL + bf16)
     E, S = cfg.moe.num_experts, cfg.train.seq_len
     params = init_params(cfg, jax.random.key(0))
-    tokens = np.random.default_rng(0).integers(4, 128, (4, S + 1)).astype(np.int32)
-    batch = {
-        "inputs": tokens[:, :-1],
-        "targets": tokens[:, 1:],
-        "segment_ids": np.ones((4, S), np.int32),
-        "positions": np.tile(np.arange(S, dtype=np.int32), (4, 1)),
-        "loss_weights": np.ones((4, S), np.float32),
-    }
+    batch = random_batch(4, S, 128)
     closed = jax.make_jaxpr(lambda p: loss_fn(cfg, p, batch, train=True, rng=jax.random.key(1)))(params)
     eqns = list(equations(closed.jaxpr))
     dots = [e for e in eqns if e.primitive.name == "dot_general"]

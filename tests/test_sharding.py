@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from glam.config import ConfigError, resolve
+from glam.data.packing import random_batch
 from glam.model.init import init_params
 from glam.model.losses import loss_fn
 from glam.sharding.mesh import make_mesh
@@ -34,16 +35,7 @@ OVERRIDES = [
 
 
 def _batch(cfg):
-    rng = np.random.default_rng(0)
-    B, S = cfg.train.batch_size, cfg.train.seq_len
-    tok = rng.integers(4, cfg.model.vocab_size, (B, S + 1)).astype(np.int32)
-    return {
-        "inputs": tok[:, :-1],
-        "targets": tok[:, 1:],
-        "segment_ids": np.ones((B, S), np.int32),
-        "positions": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
-        "loss_weights": np.ones((B, S), np.float32),
-    }
+    return random_batch(cfg.train.batch_size, cfg.train.seq_len, cfg.model.vocab_size)
 
 
 def _loss_and_grads(cfg, mesh, dispatch="index", extra=()):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from glam.config import resolve
+from glam.data.packing import random_batch
 from glam.sharding.mesh import make_mesh
 from glam.train.state import create_train_state
 from glam.train.step import make_train_step, shard_batch
@@ -23,18 +24,10 @@ def small_cfg(*overrides: str):
 
 
 def make_batch(cfg, seed: int = 0, nan: bool = False) -> dict:
-    B, S = cfg.train.batch_size, cfg.train.seq_len
-    tokens = np.random.default_rng(seed).integers(4, cfg.model.vocab_size, size=(B, S + 1)).astype(np.int32)
-    weights = np.ones((B, S), np.float32)
+    batch = random_batch(cfg.train.batch_size, cfg.train.seq_len, cfg.model.vocab_size, seed)
     if nan:
-        weights[0, 0] = np.nan  # makes the loss, hence every gradient, NaN
-    return {
-        "inputs": tokens[:, :-1],
-        "targets": tokens[:, 1:],
-        "segment_ids": np.ones((B, S), np.int32),
-        "positions": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
-        "loss_weights": weights,
-    }
+        batch["loss_weights"][0, 0] = np.nan  # makes the loss, hence every gradient, NaN
+    return batch
 
 
 def host(tree):

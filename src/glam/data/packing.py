@@ -109,3 +109,22 @@ def unpack_targets(batch: dict[str, np.ndarray]) -> list[list[int]]:
         for segment in np.unique(segments[segments > 0]):
             chunks.append(targets[segments == segment].tolist())
     return chunks
+
+
+def rows_from_tokens(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch schema for rows that each hold one whole sequence: tokens [B, S+1] → [B, S] arrays."""
+    tokens = np.asarray(tokens, np.int32)
+    B, S = tokens.shape[0], tokens.shape[1] - 1
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "segment_ids": np.ones((B, S), np.int32),
+        "positions": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
+        "loss_weights": np.ones((B, S), np.float32),
+    }
+
+
+def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Uniformly random tokens (never the special ids 0–3), one sequence per row: for tests and benchmarks."""
+    tokens = np.random.default_rng(seed).integers(4, vocab_size, (batch_size, seq_len + 1))
+    return rows_from_tokens(tokens)
