@@ -128,3 +128,16 @@ def test_eval_no_drop_keeps_everything():
     layer.moe = MoEConfig(num_experts=4, capacity_factor_eval=0.25, capacity_multiple=1, eval_no_drop=True)
     _, stats = layer(jax.random.normal(jax.random.key(4), (2, 16, 8)), train=False)
     assert float(stats["dropped_first"]) == 0 and float(stats["dropped_second"]) == 0
+
+
+def test_group_size_that_does_not_divide_routes_as_one_group():
+    layer = _layer("index", cf=1.0)
+    layer.moe = MoEConfig(num_experts=4, capacity_factor_eval=1.0, capacity_multiple=1, group_size=12)
+    x = jax.random.normal(jax.random.key(5), (2, 10, 8))  # 20 tokens: 12 does not divide them
+    y, _ = layer(x, train=False)
+    y_one, _ = layer(x, train=False, single_group=True)
+    np.testing.assert_array_equal(y, y_one)
+    ys, _ = reference_moe(
+        x.reshape(1, 20, 8), layer.w_router[...], layer.w_in[...], layer.w_out[...], capacity(20, 4, 1.0, 1)
+    )
+    np.testing.assert_allclose(y.reshape(1, 20, 8), ys, atol=1e-5)

@@ -16,7 +16,7 @@ MoE routing (reference doc §3) when decoding:
 
 - The prefill routes with the model's own grouping, as training and scoring do: by default one group
   per prompt, so a prompt does not compete with its batchmates (a set ``moe.group_size`` that does
-  not divide B·T falls back to one group).
+  not divide B·T falls back to one group: the MoE layer does that itself).
 - Each step calls ``apply(..., single_group=True)``: the B current tokens form one routing group with
   the eval capacity C = ceil4(B · capacity_factor_eval / E), or C = B (nothing dropped) with
   ``moe.eval_no_drop=true``. That is what we want: a group of one token per row would give every
@@ -105,11 +105,6 @@ def left_pad(
     return batch
 
 
-def moe_single_group(cfg: GLaMConfig, num_tokens: int) -> bool:
-    """Whether [B, T] must be routed as one group: a set ``moe.group_size`` that doesn't divide B·T."""
-    return cfg.is_moe and cfg.moe.group_size > 0 and num_tokens % cfg.moe.group_size != 0
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler", "cache_len", "vocab_limit"))
 def prefill(
     cfg: GLaMConfig,
@@ -135,7 +130,6 @@ def prefill(
         train=False,
         caches=caches,
         cache_index=jnp.zeros((), jnp.int32),
-        single_group=moe_single_group(cfg, B * T),
     )
     rng, draw = jax.random.split(rng)
     last = logits[:, -1]  # [B, V]: left padding puts every row's last prompt token in column T−1

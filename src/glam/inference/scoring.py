@@ -28,7 +28,7 @@ import numpy as np
 
 from glam.config import GLaMConfig
 from glam.errors import GLaMError
-from glam.inference.decode import bucket_length, moe_single_group
+from glam.inference.decode import bucket_length
 from glam.model.init import bind
 from glam.model.losses import token_log_likelihood
 from glam.model.transformer import apply
@@ -52,7 +52,6 @@ def score_batch(cfg: GLaMConfig, params: dict, batch: dict) -> tuple[jax.Array, 
         batch["positions"],
         batch["segment_ids"],
         train=False,
-        single_group=moe_single_group(cfg, B * S),
     )
     log_p, _ = token_log_likelihood(logits, batch["targets"])  # [B, S]
     w = batch["loss_weights"]

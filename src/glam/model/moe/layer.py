@@ -51,7 +51,11 @@ class MoEFFN(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         B, S, M = x.shape
         E = self.moe.num_experts
-        group_size = B * S if single_group else (self.moe.group_size or S)
+        group_size = self.moe.group_size or S
+        if single_group or (B * S) % group_size:
+            # Decode steps, and batches that a configured group size does not divide (scoring,
+            # prefill of odd shapes): all tokens form one group. Training batches are validated to divide.
+            group_size = B * S
         G = (B * S) // group_size
         xg = constrain(x.reshape(G, group_size, M), ax.GSM)  # [G, S_g, M]
         factor = self.moe.capacity_factor_train if train else self.moe.capacity_factor_eval
