@@ -48,10 +48,12 @@ def _fast_and_slow(dispatch: str, cf: float, activation: str, x: jax.Array):
         return jnp.sum(jnp.sin(y)) + stats["aux_loss"], y
 
     def slow(w, x):
-        y, aux = reference_moe(x, w["w_router"], w["w_in"], w["w_out"], C, ACTIVATIONS[activation])
+        y, aux = reference_moe(
+            x, w["w_router"], w["w_in"], w["w_out"], C, ACTIVATIONS[activation], w_gate=w.get("w_gate")
+        )
         return jnp.sum(jnp.sin(y)) + aux, y
 
-    w = {k: state[k][...] for k in ("w_router", "w_in", "w_out")}
+    w = {k: state[k][...] for k in ("w_router", "w_in", "w_out", "w_gate") if k in state}
     (_, yf), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
     (_, ys), (gs, gxs) = jax.value_and_grad(slow, argnums=(0, 1), has_aux=True)(w, x)
     gf = {k: gf[k][...] for k in w}
@@ -59,7 +61,9 @@ def _fast_and_slow(dispatch: str, cf: float, activation: str, x: jax.Array):
 
 
 @pytest.mark.parametrize(
-    "dispatch,activation", [("einsum", "relu"), ("index", "relu"), ("dropless", "relu"), ("dropless", "gelu")]
+    "dispatch,activation",
+    [("einsum", "relu"), ("index", "relu"), ("dropless", "relu"), ("dropless", "gelu")]
+    + [(d, "geglu") for d in ("einsum", "index", "dropless")],  # gated experts: W_gate gets gradients too
 )
 def test_dispatch_equals_reference_forward_and_grads(dispatch, activation):
     x = jax.random.normal(jax.random.key(1), (G, S, M))

@@ -121,6 +121,17 @@ def test_glam_64b_64e_matches_the_paper():
     assert round(size.params_total / 1e12, 1) == 1.2  # 1.162T: the paper's "1.2T" is rounded
 
 
+def test_gated_experts_of_their_own_width_count_by_the_rule():
+    # tiny: M = 128, F = 768, E = 8, 2 pairs; gated experts of width 96: 3·128·96 = 36,864 weights each
+    cfg = resolve("tiny", ["model.expert_activation=geglu", "moe.expert_dim=96"])
+    ffn = abstract_params(cfg)["blocks"]["moe_layer"]["ffn"]
+    assert ffn["w_gate"].shape == ffn["w_in"].shape == (2, 8, 128, 96) and ffn["w_out"].shape == (2, 8, 96, 128)
+    size, plain = model_size(cfg), model_size(resolve("tiny"))
+    assert size.params_experts == 2 * 8 * 36_864
+    assert plain.params_total - size.params_total == 2 * 8 * (2 * 128 * 768 - 36_864)
+    assert counting_rule(cfg) == (size.params_total, size.params_activated)
+
+
 def test_tiny_dense_matches_tiny_activated_params():
     a, b = model_size(resolve("tiny")), model_size(resolve("tiny-dense"))
     assert abs(a.params_activated - b.params_activated) / a.params_activated < 0.002

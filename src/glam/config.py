@@ -51,7 +51,7 @@ class ModelConfig:
     num_heads: int = 12
     head_dim: int = 64
     ffn_dim: int = 3072
-    expert_activation: Literal["relu", "gelu"] = "relu"
+    expert_activation: Literal["relu", "gelu", "geglu"] = "relu"  # geglu: gated experts (dense FFN form)
     rel_buckets: int = 32
     rel_max_distance: int = 128
     extra_zero_logit: bool = False
@@ -69,7 +69,7 @@ class ModelConfig:
             "model.num_layers",
             f"got {self.num_layers}; GLaM stacks (MoE, dense) pairs, so use an even number of layers",
         )
-        _one_of(self.expert_activation, ("relu", "gelu"), "model.expert_activation")
+        _one_of(self.expert_activation, ("relu", "gelu", "geglu"), "model.expert_activation")
         _one_of(self.remat, REMAT_POLICIES, "model.remat")
         _one_of(self.activation_dtype, ("float32", "bfloat16"), "model.activation_dtype")
         _check(self.rel_buckets >= 4 and self.rel_buckets % 2 == 0, "model.rel_buckets", "use an even number >= 4")
@@ -95,6 +95,7 @@ class MoEConfig:
     aux_loss_weight: float = 0.01
     dispatch: Literal["einsum", "index", "dropless"] = "index"
     eval_no_drop: bool = False
+    expert_dim: int = 0  # expert hidden width F_e; 0 = model.ffn_dim
 
     def __post_init__(self) -> None:
         _check(self.num_experts >= 0, "moe.num_experts", "must be >= 0 (0 means a dense model)")
@@ -111,6 +112,7 @@ class MoEConfig:
         _check(0 < self.second_expert_threshold <= 1, "moe.second_expert_threshold", "must be in (0, 1]")
         _check(self.aux_loss_weight >= 0, "moe.aux_loss_weight", "must be >= 0")
         _one_of(self.dispatch, ("einsum", "index", "dropless"), "moe.dispatch")
+        _check(self.expert_dim >= 0, "moe.expert_dim", "must be >= 0 (0 = model.ffn_dim)")
 
     @property
     def enabled(self) -> bool:
@@ -158,9 +160,15 @@ class SourceConfig:
         "auto", "text", "lines", "paragraphs", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf"
     ] = "auto"
     text_field: str = "text"
+    heldout_docs: int = -1  # documents of this source held out; -1 = data.heldout_docs
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "data.sources[].name", "every source needs a name")
+        _check(
+            self.heldout_docs >= -1,
+            f"data.sources[{self.name}].heldout_docs",
+            "must be >= 0, or -1 for data.heldout_docs",
+        )
         _check(bool(self.path), f"data.sources[{self.name}].path", "every source needs a path")
         _check(
             self.weight > 0,
@@ -177,7 +185,7 @@ class DataConfig:
     sources: tuple[SourceConfig, ...] = ()
     tokenizer: str = ""  # a SentencePiece .model file; "" trains one into the run directory
     tokenizer_sample_docs: int = 20_000
-    heldout_docs: int = 8  # documents per source kept out of training for held-out loss
+    heldout_docs: int = 8  # documents per source kept out of training for held-out loss (a source may set its own)
     on_bad_json: Literal["skip", "error"] = "skip"
     seed: int = 0
 

@@ -61,13 +61,14 @@ def counting_rule(cfg: GLaMConfig) -> tuple[int, int]:
     """(total, activated) by the formula of reference doc §1, norms and bias tables included exactly."""
     m, E = cfg.model, cfg.moe.num_experts
     M, F, L, A, N = m.d_model, m.ffn_dim, m.num_layers, m.num_heads * m.head_dim, m.num_heads
+    expert = (3 if m.expert_activation == "geglu" else 2) * M * (cfg.moe.expert_dim or F)  # one expert's FFN
     attention = L * (4 * M * A + N * m.rel_buckets)
     norms = (2 * L + 1) * M
     embed = m.vocab_size * M
     if E:
         dense = (L // 2) * 3 * M * F
-        moe_total = (L // 2) * (E * 2 * M * F + M * E)
-        moe_active = (L // 2) * (TOP_K * 2 * M * F + M * E)
+        moe_total = (L // 2) * (E * expert + M * E)
+        moe_active = (L // 2) * (TOP_K * expert + M * E)
     else:
         dense, moe_total, moe_active = L * 3 * M * F, 0, 0
     base = attention + norms + embed + dense

@@ -33,8 +33,8 @@ class ExpertFFN(Protocol):
     w_in: nnx.Param  # [E, M, F]
     w_out: nnx.Param  # [E, F, M]
 
-    def act(self, h: jax.Array) -> jax.Array:
-        """The expert activation (ReLU or GELU), elementwise."""
+    def hidden(self, project) -> jax.Array:
+        """The experts' hidden layer from ``project(w [E, M, F])`` (ReLU, GELU, or gated GELU)."""
 
     def experts(self, xe: jax.Array) -> jax.Array:
         """Capacity buffers [E, G, C, M] → [E, G, C, M]: each expert's FFN on its buffer."""
@@ -186,20 +186,21 @@ def dropless_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int
     G, S, M = x.shape
     E, A = num_experts, G * S * 2
     dtype = x.dtype
-    w_in, w_out = ffn.w_in[...].astype(dtype), ffn.w_out[...].astype(dtype)
+    w_out = ffn.w_out[...].astype(dtype)
     expert = jnp.where(r.kept, r.expert, E).reshape(A)  # [A], assignment a = token·2 + k
     x_pad = jnp.concatenate([x.reshape(G * S, M), jnp.zeros((1, M), dtype)])  # [G·S+1, M], last row zero
     if grouped_matmul_impl() == "ragged":
         order = jnp.argsort(expert, stable=True)
         sizes = jnp.bincount(expert, length=E + 1)[:E].astype(jnp.int32)
         xs = x_pad[order // 2]  # [A, M]; rows past sum(sizes) (dropped) come out of ragged_dot as 0
-        ys = jax.lax.ragged_dot(ffn.act(jax.lax.ragged_dot(xs, w_in, sizes)), w_out, sizes)
+        h = ffn.hidden(lambda w: jax.lax.ragged_dot(xs, w.astype(dtype), sizes))
+        ys = jax.lax.ragged_dot(h, w_out, sizes)
         y_assign = jnp.zeros_like(ys).at[order].set(ys)  # [A, M]
     else:
         plan = sort_by_expert(expert, E, BLOCK_ROWS)
         token = jnp.where(plan.src < A, plan.src // 2, G * S)
         xb = x_pad[token].reshape(-1, BLOCK_ROWS, M)  # [nb, b, M]
-        h = ffn.act(block_matmul(xb, w_in, plan.block_expert, plan.block_used))
+        h = ffn.hidden(lambda w: block_matmul(xb, w.astype(dtype), plan.block_expert, plan.block_used))
         yb = block_matmul(h, w_out, plan.block_expert, plan.block_used).reshape(-1, M)
         y_assign = jnp.concatenate([yb, jnp.zeros((1, M), dtype)])[plan.dst]  # [A, M]
     y = jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G, S, 2, M), r.gate.astype(dtype))

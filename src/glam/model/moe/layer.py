@@ -1,7 +1,10 @@
 """The MoE feed-forward layer: router → routing plan → dispatch → experts → combine (paper §2, §3).
 
-Experts are NOT gated: ``act(x W_in[e]) W_out[e]`` with W_in [E, M, F], W_out [E, F, M]; ReLU by
-default (reference code), GELU as an option. The router W_g [M, E] is replicated and runs in fp32.
+Experts are NOT gated by default: ``act(x W_in[e]) W_out[e]`` with W_in [E, M, F], W_out [E, F, M];
+ReLU (reference code), or GELU. ``model.expert_activation=geglu`` gives gated experts of the dense
+FFN's form, ``(gelu(x W_gate[e]) * x W_in[e]) W_out[e]`` with a third weight W_gate [E, M, F] (the
+form sparse upcycling copies from a dense FFN). The expert width F is ``moe.expert_dim`` (0: the
+dense FFN's ``model.ffn_dim``). The router W_g [M, E] is replicated and runs in fp32.
 """
 
 from __future__ import annotations
@@ -18,26 +21,41 @@ from glam.model.moe.gating import capacity as capacity_for
 from glam.model.moe.gating import top2_gating
 from glam.sharding.rules import constrain
 
-ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=True)}
+
+def gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+#: expert forms: name → (activation, gated). Gated forms multiply act(x W_gate) into x W_in.
+EXPERT_FORMS = {"relu": (jax.nn.relu, False), "gelu": (gelu, False), "geglu": (gelu, True)}
+ACTIVATIONS = {name: act for name, (act, _) in EXPERT_FORMS.items()}
 
 
 class MoEFFN(nnx.Module):
     def __init__(self, cfg: ModelConfig, moe: MoEConfig, *, rngs: nnx.Rngs):
-        M, F, E = cfg.d_model, cfg.ffn_dim, moe.num_experts
+        M, F, E = cfg.d_model, moe.expert_dim or cfg.ffn_dim, moe.num_experts
         self.moe = moe
-        self.activation = cfg.expert_activation
+        self.activation, self.gated = EXPERT_FORMS[cfg.expert_activation]
         self.w_router = param(rngs, uniform_fan_in(M), (M, E), ("router_embed", "router_expert"))
+        if self.gated:
+            self.w_gate = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "expert_mlp", "expert_embed"))
 
-    def act(self, h: jax.Array) -> jax.Array:
-        return ACTIVATIONS[self.activation](h)
+    def hidden(self, project) -> jax.Array:
+        """The experts' hidden activations, given ``project(w [E, M, F])`` = the inputs times w in any
+        layout (capacity buffers, sorted rows): ``act(project(W_in))``, or for gated experts
+        ``act(project(W_gate)) * project(W_in)``."""
+        h = project(self.w_in[...])
+        if self.gated:
+            return self.activation(project(self.w_gate[...])) * h
+        return self.activation(h)
 
     def experts(self, xe: jax.Array) -> jax.Array:
-        """[E, G, C, M] → [E, G, C, M]: each expert's two-matrix FFN on its buffer."""
+        """[E, G, C, M] → [E, G, C, M]: each expert's FFN on its buffer."""
         dtype = xe.dtype
-        h = jnp.einsum("egcm,emf->egcf", xe, self.w_in[...].astype(dtype))
-        h = constrain(self.act(h), ax.EGCF)
+        h = self.hidden(lambda w: jnp.einsum("egcm,emf->egcf", xe, w.astype(dtype)))
+        h = constrain(h, ax.EGCF)
         return jnp.einsum("egcf,efm->egcm", h, self.w_out[...].astype(dtype))
 
     def __call__(

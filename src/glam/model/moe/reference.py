@@ -40,8 +40,17 @@ def reference_routing(logits: np.ndarray, capacity: int, keep_second: np.ndarray
     return out
 
 
-def reference_moe(x, w_router, w_in, w_out, capacity: int, activation=jax.nn.relu, keep_second=None):
-    """y [G, S, M] and aux loss for tokens x [G, S, M], computed token by token."""
+def reference_moe(x, w_router, w_in, w_out, capacity: int, activation=jax.nn.relu, keep_second=None, w_gate=None):
+    """y [G, S, M] and aux loss for tokens x [G, S, M], computed token by token.
+
+    With ``w_gate`` the experts are gated: ``(activation(x W_gate[e]) * x W_in[e]) W_out[e]``.
+    """
+
+    def expert(e, v):
+        h = v @ w_in[e]
+        h = activation(h) if w_gate is None else activation(v @ w_gate[e]) * h
+        return h @ w_out[e]
+
     G, S, M = x.shape
     E = w_router.shape[-1]
     logits = jnp.einsum("gsm,me->gse", x.astype(jnp.float32), w_router)
@@ -56,7 +65,7 @@ def reference_moe(x, w_router, w_in, w_out, capacity: int, activation=jax.nn.rel
             y = jnp.zeros((M,), x.dtype)
             for e, gate, kept in ((e1, g1 / total, plan["kept1"][g, s]), (e2, g2 / total, plan["kept2"][g, s])):
                 if kept:
-                    y = y + gate * (activation(x[g, s] @ w_in[e]) @ w_out[e])
+                    y = y + gate * expert(e, x[g, s])
             rows.append(y)
     y = jnp.stack(rows).reshape(G, S, M)
     aux = 0.0
