@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from glam.config import DataConfig, GLaMConfig, ModelConfig, SourceConfig, TrainConfig
+from glam.config import ConfigError, DataConfig, GLaMConfig, ModelConfig, SourceConfig, TrainConfig
 from glam.data.mixture import draw_sources
-from glam.data.pipeline import DataPipeline, build_pipeline, process_slice
+from glam.data.pipeline import DataPipeline, build_pipeline, process_slice, tokenizer_sample
 from glam.data.tokenizer import train_tokenizer
 
 WEIGHTS = {"alpha": 0.5, "beta": 0.3, "gamma": 0.15, "delta": 0.05}
@@ -137,6 +137,27 @@ def test_heldout_documents_never_train_and_are_served(corpus):
             marker = source.document(int(d)).split()[0]
             assert marker in text and marker not in trained
         assert sum(int(b["loss_weights"].sum()) for b in served) > 0
+
+
+def test_a_source_may_hold_out_its_own_number_of_documents(corpus):
+    configs, tok = corpus
+    own = (dataclasses.replace(configs[0], heldout_docs=5), *configs[1:])
+    pipe = DataPipeline(make_cfg(own, heldout=2), tok)
+    assert [len(o.heldout) for o in pipe.mixture.orders] == [5] + [2] * (len(configs) - 1)
+    assert pipe.stats()[configs[0].name]["heldout_documents"] == 5
+    with pytest.raises(ConfigError, match=r"heldout_docs: must be >= 0, or -1"):
+        dataclasses.replace(configs[0], heldout_docs=-2)
+
+
+def test_tokenizer_sample_never_draws_a_heldout_document(corpus):
+    configs, tok = corpus
+    cfg = make_cfg(configs, heldout=3)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer_sample_docs=10_000))
+    pipe = DataPipeline(cfg, tok)
+    sample = list(tokenizer_sample(cfg, pipe.sources))
+    heldout = {s.document(int(d)) for s, o in zip(pipe.sources, pipe.mixture.orders) for d in o.heldout}
+    assert len(heldout) == 12 and not heldout & set(sample)
+    assert len(sample) == sum(len(s) for s in pipe.sources) - 12  # everything else was drawn
 
 
 def test_build_pipeline_trains_a_tokenizer_into_the_run_dir(tmp_path):

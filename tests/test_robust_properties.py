@@ -26,7 +26,7 @@ class ListSource:
 
     def __init__(self, name: str, weight: float, num_docs: int, seed: int):
         rng = np.random.default_rng(seed)
-        self.name, self.weight, self.stats = name, weight, SourceStats()
+        self.name, self.weight, self.stats, self.heldout_docs = name, weight, SourceStats(), -1
         self.docs = [f"{name}{k}:" + "x" * int(rng.integers(0, 40)) for k in range(num_docs)]
 
     def __len__(self) -> int:

@@ -38,14 +38,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glam.data.pipeline import resolve_sources
-    from glam.data.sources import iter_documents, open_sources
+    from glam.data.pipeline import resolve_sources, tokenizer_sample
+    from glam.data.sources import open_sources
     from glam.data.tokenizer import train_tokenizer
 
     cfg = resolve(*split_spec(args.config))
     start = time.perf_counter()
     sources = open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
-    docs = iter_documents(sources, cfg.data.tokenizer_sample_docs, seed=cfg.data.seed)
+    docs = tokenizer_sample(cfg, sources)
     vocab = args.vocab_size or cfg.model.vocab_size
     tokenizer = train_tokenizer(docs, vocab, args.output, model_type=args.model_type)
     names = ", ".join(s.name for s in sources)

@@ -60,14 +60,19 @@ def source_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
 
+def heldout_for(source: Source, default: int) -> int:
+    """Documents held out of ``source``: its own ``heldout_docs`` if set (>= 0), else ``default``."""
+    return source.heldout_docs if source.heldout_docs >= 0 else default
+
+
 class DocumentOrder:
     """A source's seeded order: held-out documents, then the training pool read in shuffled epochs."""
 
     def __init__(self, num_docs: int, heldout: int, seed: int, name: str):
         if num_docs <= heldout:
             raise DataError(
-                f"data source {name!r} has {num_docs} documents, not more than data.heldout_docs={heldout}; "
-                "add text to the source or lower data.heldout_docs"
+                f"data source {name!r} has {num_docs} documents, not more than the {heldout} held out "
+                "(data.heldout_docs, or the source's own heldout_docs); add text to the source or hold out fewer"
             )
         self.seed, self.key = seed, source_key(name)
         order = np.random.default_rng([seed, self.key]).permutation(num_docs)
@@ -118,7 +123,7 @@ class Mixture:
         self.encode, self.seq_len, self.seed = encode, seq_len, seed
         self.bos_id, self.eos_id = bos_id, eos_id
         self.weights = np.asarray([s.weight for s in sources], dtype=np.float64)
-        self.orders = [DocumentOrder(len(s), heldout_docs, seed, s.name) for s in sources]
+        self.orders = [DocumentOrder(len(s), heldout_for(s, heldout_docs), seed, s.name) for s in sources]
         self.cursors = [SourceCursor() for _ in sources]
         self.example = 0
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()

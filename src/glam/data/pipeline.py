@@ -22,13 +22,14 @@ import copy
 import os
 import queue
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
 from glam.config import GLaMConfig, SourceConfig
 from glam.data.default_corpus import default_sources
 from glam.data.errors import DataError
-from glam.data.mixture import Mixture, SourceCursor
+from glam.data.mixture import DocumentOrder, Mixture, SourceCursor, heldout_for
 from glam.data.packing import BATCH_KEYS, empty_rows, pack_documents
 from glam.data.sources import Source, iter_documents, open_sources
 from glam.data.tokenizer import Tokenizer, train_tokenizer
@@ -39,6 +40,16 @@ STATE_VERSION = 1
 def resolve_sources(cfg: GLaMConfig, cache_dir: str | None = None) -> tuple[SourceConfig, ...]:
     """``data.sources``, or the embedded default corpus (built into ``cache_dir``) when it is empty."""
     return cfg.data.sources or default_sources(cache_dir)
+
+
+def tokenizer_sample(cfg: GLaMConfig, sources: list[Source]) -> Iterator[str]:
+    """The documents a tokenizer is trained on: ``data.tokenizer_sample_docs`` spread over the sources
+    by weight, never one of the held-out documents the held-out loss is measured on."""
+    heldout = {
+        s.name: DocumentOrder(len(s), heldout_for(s, cfg.data.heldout_docs), cfg.data.seed, s.name).heldout
+        for s in sources
+    }
+    return iter_documents(sources, cfg.data.tokenizer_sample_docs, seed=cfg.data.seed, exclude=heldout)
 
 
 def load_or_train_tokenizer(cfg: GLaMConfig, run_dir: str, sources: list[Source] | None = None) -> Tokenizer:
@@ -55,8 +66,7 @@ def load_or_train_tokenizer(cfg: GLaMConfig, run_dir: str, sources: list[Source]
             tokenizer = Tokenizer(path)
         else:
             sources = sources or open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
-            docs = iter_documents(sources, cfg.data.tokenizer_sample_docs, seed=cfg.data.seed)
-            tokenizer = train_tokenizer(docs, cfg.model.vocab_size, path)
+            tokenizer = train_tokenizer(tokenizer_sample(cfg, sources), cfg.model.vocab_size, path)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise DataError(
             f"tokenizer {tokenizer.path!r} has {tokenizer.vocab_size} pieces but model.vocab_size="

@@ -35,7 +35,7 @@ import os
 import re
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,6 +240,7 @@ class Source:
         self.cfg = cfg
         self.name = cfg.name
         self.weight = cfg.weight
+        self.heldout_docs = cfg.heldout_docs  # -1: data.heldout_docs
         self.on_bad_json = on_bad_json
         self.stats = SourceStats()
         self._files: list[str] = []
@@ -428,16 +429,21 @@ def open_sources(configs: tuple[SourceConfig, ...], on_bad_json: str = "skip") -
     return sources
 
 
-def iter_documents(sources: list[Source], limit: int, *, seed: int = 0) -> Iterator[str]:
+def iter_documents(
+    sources: list[Source], limit: int, *, seed: int = 0, exclude: Mapping[str, Collection[int]] | None = None
+) -> Iterator[str]:
     """Up to ``limit`` documents drawn round-robin by weight from ``sources`` (a tokenizer sample).
 
     Each source contributes ``limit * weight / sum(weights)`` documents (at least one), chosen by a
-    seeded permutation so the sample spreads over the whole source.
+    seeded permutation so the sample spreads over the whole source; ``exclude[name]`` lists document
+    ids never to draw (the held-out documents: see ``glam.data.pipeline.tokenizer_sample``).
     """
     total = sum(s.weight for s in sources)
     for source in sources:
         want = max(1, round(limit * source.weight / total))
         order = np.random.default_rng([seed, _stable_id(source.name)]).permutation(len(source))
+        if exclude and exclude.get(source.name) is not None:
+            order = order[~np.isin(order, np.asarray(list(exclude[source.name]), dtype=order.dtype))]
         for k in order[:want]:
             yield source.document(int(k))
 
