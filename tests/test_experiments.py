@@ -1,7 +1,7 @@
-"""Plumbing of experiments/glam_claims.py: the plan, the numbers it collects, the report, skip-resume.
+"""Plumbing of experiments/glam_claims.py and claims_report.py: the plan, the verdicts, skip-resume.
 
-The end-to-end test trains one 2-step model on the real corpus (skipped when ../shared/data is absent);
-everything else runs on synthetic metrics.
+The end-to-end test trains one 4-step model on the real corpus (skipped when ../shared/data is absent);
+the report test runs on synthetic run folders whose numbers are chosen by hand.
 """
 
 import importlib.util
@@ -9,100 +9,137 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
-from glam.config import resolve
 from glam.model.flops import model_size
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "glam_claims.py"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
 def claims():
-    spec = importlib.util.spec_from_file_location("glam_claims", SCRIPT)
+    sys.path.insert(0, str(EXPERIMENTS))  # glam_claims imports claims_report as a sibling
+    spec = importlib.util.spec_from_file_location("glam_claims", EXPERIMENTS / "glam_claims.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["glam_claims"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.path.remove(str(EXPERIMENTS))
 
 
-def test_plan_compares_equal_activated_parameters(claims):
-    scale = claims.SCALES["small"]
-    runs = {r.name: r for r in claims.plan_runs(scale)}
-    assert list(runs) == [
-        "dense",
-        "glam-e4",
-        "glam-e8",
-        "glam-e16",
-        "glam-e32",
-        "glam-e32-batchgroup",
-        "abl-random",
-        "abl-cf1.0",
-        "abl-cf1.25",
-        "abl-zloss",
-        "abl-seed1",
-    ]
-    assert {r.steps for r in runs.values() if r.group == "main"} == {scale.steps}
-    assert {r.steps for r in runs.values() if r.group == "ablation"} == {scale.ablation_steps}
-    # the ablation baseline is read from glam-e8's records at ablation_steps: both must be logged there
-    assert scale.ablation_steps % scale.eval_every == 0 and scale.ablation_steps % scale.log_every == 0
-    base = resolve("tiny", ["model.vocab_size=4096", "model.ffn_dim=768"])
-    sizes = {name: model_size(claims.run_config(base, spec)) for name, spec in runs.items() if spec.group == "main"}
-    dense = sizes.pop("dense").params_activated
-    for name, size in sizes.items():  # equal up to the router, E·M per MoE layer
-        assert abs(size.params_activated - dense) / dense < 0.01, name
-        assert size.params_total > dense
-
-
-def _fake_run(run_dir: Path, steps: int, experts: int, loss: float) -> None:
-    """A metrics.jsonl as the training loop writes it, with a resumed tail logged twice."""
-    run_dir.mkdir(parents=True)
-    records = []
-    for step in range(0, steps + 1):
-        records.append({"kind": "eval", "step": step, "heldout/web": loss - step, "heldout/mean": loss - step})
-        if step:
-            train = {"kind": "train", "step": step, "loss": loss, "ce_loss": loss - step, "tokens_per_sec": 100.0}
-            if experts:
-                train.update({"moe/dropped_first/0": 0.1, "moe/dropped_second/0": 0.3, "z_loss": 50.0})
-                train.update({"moe/load_max_over_mean/0": 1.5, "moe/gate_entropy/0": 1.0})
-                train["expert_load"] = [[1 / experts] * experts]
-            records.append(train)
-    records.append(records[-1])  # a resume re-logs the steps after its last checkpoint
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def test_report_from_synthetic_runs(claims, tmp_path):
-    scale = claims.Scale(steps=2, ablation_steps=1, experts=(4, 8), log_every=1, eval_every=1)
+def test_powered_plan_is_sized_and_controlled(claims):
+    scale = claims.SCALES["powered"]
     runs = claims.plan_runs(scale)
-    for spec in runs:
-        _fake_run(tmp_path / "out" / spec.name, spec.steps, spec.experts, loss=5.0 + spec.experts / 100)
-    results = claims.write_report(str(tmp_path / "out"), scale, runs, str(tmp_path / "plots"))
-    assert results["main"]["dense"]["heldout"] == {"web": 3.0, "mean": 3.0}
-    assert results["main"]["glam-e8"]["dropped_second"] == pytest.approx(0.3)
-    baseline = results["ablation"]["abl-baseline"]  # glam-e8 read at step 1
-    assert baseline["finished"] and baseline["heldout"]["mean"] == pytest.approx(4.08)
-    assert len(baseline["expert_load"]) == 1
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "| GLaM E=8 | 3.0800 |" in report and "| capacity 1.0 |" in report
-    plots = {p.name for p in (tmp_path / "plots").iterdir()}
-    assert plots == {
-        "heldout_main.png",
-        "heldout_ablation.png",
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 15 + 9  # d64: 9 configs, 3 of them x 3 seeds; d32: 3 x 3
+    assert all(s.eval_every % scale.log_every == 0 for s in scale.sizes)
+    assert names[:4] == ["d64-dense-total-s0", "d64-dense-s0", "d64-e8-s0", "d64-e2-s0"]  # longest, headline
+    for config in ("dense", "e8", "e2"):
+        for size in ("d64", "d32"):
+            assert {r.seed for r in runs if r.key == f"{size}-{config}"} == {0, 1, 2}
+    assert {r.control for r in runs} == {None, "form_matched", "gated_experts", "dense_total"}
+    sizes = {r.key: model_size(claims.run_config(scale, r)) for r in runs if r.seed == 0}
+    for key, size in sizes.items():
+        steps = claims.size_of(scale, key.split("-")[0]).steps
+        per_param = steps * scale.tokens_per_step * scale.fill / (size.params_activated - size.params_embedding)
+        if key != "d64-dense-total":
+            assert per_param >= 20, key
+            dense = sizes[key.split("-")[0] + "-dense"].params_activated  # equal up to the router (E·M)
+            assert abs(size.params_activated / dense - 1) < 0.025, key
+    assert sizes["d64-dense-total"].params_total == sizes["d64-e8"].params_total  # 821,312: width 812
+    assert sizes["d64-e8-geglu"].params_experts == sizes["d64-e8"].params_experts * 3 * 171 // (2 * 256)
+
+
+def _fake_run(claims, out: Path, spec, scale, final: float, rows_shift: float) -> None:
+    """A finished run folder: config.yaml, metrics.jsonl (a resumed tail logged twice), summary.json,
+    heldout_rows.json with two sources whose per-row losses average to ``final``."""
+    run_dir = out / spec.name
+    run_dir.mkdir(parents=True)
+    cfg = claims.run_config(scale, spec)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    steps = claims.size_of(scale, spec.size).steps
+    records = []
+    for step in range(0, steps + 1, 2):
+        loss = final + (steps - step) * 0.5
+        records.append({"kind": "eval", "step": step, "heldout/a": loss, "heldout/b": loss, "heldout/mean": loss})
+        if step:
+            train = {"kind": "train", "step": step, "loss": loss, "ce_loss": loss, "tokens_per_sec": 100.0 * step}
+            train["target_tokens"] = 100.0  # per 2-step window
+            if spec.experts:
+                train.update({"moe/dropped_first/0": 0.1, "moe/dropped_second/0": 0.3})
+                train.update({"moe/load_max_over_mean/0": 1.5, "moe/gate_entropy/0": 1.0})
+            records.append(train)
+    records.append(records[-1])
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = [[final + rows_shift * (i - 1.5), 1.0] for i in range(4)]  # four rows of one token, mean = final
+    (run_dir / "heldout_rows.json").write_text(json.dumps({"a": rows, "b": rows}))
+    summary = {"step": steps, "start_step": 0, "heldout": {}, "compile_seconds": 1.0, "skipped_steps": 0}
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "wall_seconds": 9.0, "threads": 1}))
+
+
+def test_report_verdicts_from_hand_numbers(claims, tmp_path):
+    scale = claims.SCALES["smoke"]
+    finals = {"d16-dense-s0": 4.00, "d16-dense-s1": 4.02, "d16-e8-s0": 3.90}  # dense spread 0.02
+    out = tmp_path / "out"
+    for spec in claims.plan_runs(scale):
+        _fake_run(claims, out, spec, scale, finals[spec.name], rows_shift=0.1)
+    from claims_report import write_report
+
+    result = write_report(str(out), scale, claims.plan_runs(scale), str(tmp_path / "plots"), str(tmp_path / "none"))
+    v = result["verdict"]["claim1_e8_vs_dense"]
+    # gap = mean(dense) - e8 = 4.01 - 3.90; e8 has one seed, so it borrows dense's spread: threshold 2 x 0.02
+    assert v["gap_a_minus_b"] == pytest.approx(0.11) and v["threshold"] == pytest.approx(0.04)
+    assert v["spread_borrowed"] and v["counts"] and v["finding"] == "e8 lower by 0.1100"
+    # the same rows, shifted by a constant per model: the paired bootstrap sees no noise in the gap
+    assert v["eval_se_of_gap"] == pytest.approx(0.0, abs=1e-12)
+    runs = {r["name"]: r for r in result["runs"]}
+    e8 = runs["d16-e8-s0"]
+    assert e8["final_heldout_mean"] == pytest.approx(3.90) and e8["heldout_mean_from_rows"] == pytest.approx(3.90)
+    assert (
+        e8["dropped_second_mean"] == pytest.approx(0.3)
+        and e8["train_tokens"] == 200
+        and e8["train_slots"] == 4 * 8 * 16
+    )
+    assert e8["curve"] == [[0, pytest.approx(5.90)], [100, pytest.approx(4.90)], [200, pytest.approx(3.90)]]
+    assert e8["control"] is None
+    assert e8["activated_nonembedding_params"] == e8["activated_params"] - e8["embedding_params"]
+    # rows 3.75, 3.85, 3.95, 4.05 (sd 0.1118) in each of two sources resampled apart: 0.1118 / sqrt(4) / sqrt(2)
+    se = result["noise"]["eval_se_of_one_mean"]["d16-e8"]
+    assert se == pytest.approx(0.1118 / 2 / 2**0.5, rel=0.05)
+    report = (out / "report.md").read_text()
+    assert "| d16-dense (dense (gated twin)) | 2 | **4.0100** (4.0000, 4.0200) | 0.0200 |" in report
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "heldout_vs_tokens.png",
+        "heldout_vs_flops.png",
         "loss_vs_experts.png",
-        "expert_load.png",
-        "drop_rates.png",
+        "drops_vs_experts.png",
     }
 
 
-# ~21 s on a quiet 2-core CPU, mostly compiling the training step; 70-90 s when the machine is loaded
-def test_two_step_sweep_trains_evaluates_and_reuses(claims, shared_data, tmp_path):
+def test_claims_are_taken_once_and_a_dead_owner_is_replaced(claims, tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert claims.claim(run_dir) and not claims.claim(run_dir)  # our own live pid holds it
+    (tmp_path / "run" / ".claim").write_text("999999999")  # a pid that cannot be alive
+    assert claims.claim(run_dir)
+    claims.release(run_dir)
+    assert not (tmp_path / "run" / ".claim").exists()
+
+
+# ~25 s on a quiet 2-core CPU, mostly compiling the training step
+def test_smoke_sweep_trains_scores_rows_and_reuses(claims, shared_data, tmp_path):
     out, plots = tmp_path / "claims", tmp_path / "plots"
-    results = claims.run_sweep(str(out), str(shared_data), claims.SCALES["smoke"], str(plots), only=["dense"])
-    dense = results["main"]["dense"]
-    assert dense["finished"] and set(dense["heldout"]) >= {"mean", "web", "books", "news"}
-    assert dense["zeroshot"]["tasks"]["copa"]["n"] == 2
-    assert (out / "report.md").is_file() and (plots / "heldout_main.png").is_file()
-    metrics = (out / "dense" / "metrics.jsonl").read_text()
-    claims.run_sweep(str(out), str(shared_data), claims.SCALES["smoke"], str(plots), only=["dense"])
-    assert (out / "dense" / "metrics.jsonl").read_text() == metrics  # the finished run was reused
+    argv = ["--scale", "smoke", "--out", str(out), "--plots", str(plots), "--data-root", str(shared_data)]
+    argv += ["--only", "d16-dense-s0"]
+    assert claims.main(argv) == 0
+    result = json.loads((out / "claims.json").read_text())
+    run = next(r for r in result["runs"] if r["name"] == "d16-dense-s0")
+    assert run["finished"] and set(run["final_heldout"]) >= {"mean", "web", "books", "news"}
+    assert run["heldout_mean_from_rows"] == pytest.approx(run["final_heldout_mean"], abs=1e-5)
+    epochs = {name: s["epochs"] for name, s in result["data"]["d16"].items()}
+    assert set(epochs) >= {"web", "conversations.nps_chat"} and all(np.isfinite(list(epochs.values())))
+    metrics = (out / "d16-dense-s0" / "metrics.jsonl").read_text()
+    assert claims.main(argv) == 0
+    assert (out / "d16-dense-s0" / "metrics.jsonl").read_text() == metrics  # the finished run was reused
     assert len(json.loads((out / "sweep.json").read_text())["invocations"]) == 2
