@@ -29,10 +29,13 @@ SMALL = [
 DENSE = resolve("tiny-dense", SMALL)
 # eval_no_drop: with a finite capacity the full forward pass routes each sequence as one group, where
 # a token's assignment can be dropped because of LATER tokens of the sequence (every first choice
-# outranks every second choice), while a decode step routes the batch's current tokens as one group
-# and later tokens do not exist yet. The dropped sets differ by construction; without dropping each
-# token's MoE output depends on that token alone, so the two paths must agree exactly.
-MOE = resolve("tiny", [*SMALL, "moe.num_experts=4", "moe.eval_no_drop=true"])
+# outranks every second choice), while a decode step sends each current token to its top-2 experts
+# with no capacity. Without dropping each token's MoE output depends on that token alone, so the
+# full pass, by every dispatch path, and the decode steps must agree exactly.
+MOE = {
+    dispatch: resolve("tiny", [*SMALL, "moe.num_experts=4", "moe.eval_no_drop=true", f"moe.dispatch={dispatch}"])
+    for dispatch in ("einsum", "index", "dropless")
+}
 PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13], [2, 40], [2, 70, 71, 72, 73]]
 MAX_TOKENS = 5
 
@@ -58,7 +61,7 @@ def run_greedy(cfg, params, prompts, max_tokens=MAX_TOKENS, batch_size=4, sample
     return np.stack([t for t, _ in steps], axis=1), np.stack([lg for _, lg in steps])
 
 
-@pytest.mark.parametrize("cfg", [DENSE, MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("cfg", [DENSE, *MOE.values()], ids=["dense", *(f"moe-{d}" for d in MOE)])
 def test_cached_decoding_matches_full_forward(cfg):
     params = params_for(cfg)
     tokens, step_logits = run_greedy(cfg, params, PROMPTS)  # a batch of 4: one filler row

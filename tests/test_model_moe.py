@@ -135,8 +135,6 @@ def test_group_size_that_does_not_divide_routes_as_one_group():
     layer.moe = MoEConfig(num_experts=4, capacity_factor_eval=1.0, capacity_multiple=1, group_size=12)
     x = jax.random.normal(jax.random.key(5), (2, 10, 8))  # 20 tokens: 12 does not divide them
     y, _ = layer(x, train=False)
-    y_one, _ = layer(x, train=False, single_group=True)
-    np.testing.assert_array_equal(y, y_one)
     ys, _ = reference_moe(
         x.reshape(1, 20, 8), layer.w_router[...], layer.w_in[...], layer.w_out[...], capacity(20, 4, 1.0, 1)
     )

@@ -14,6 +14,7 @@ KV cache of the W beams of a prompt being reordered to follow their parents at e
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from glam.config import GLaMConfig
 from glam.errors import GLaMError
-from glam.inference.decode import DecodeState, Prompts, advance, prefill
+from glam.inference.decode import DecodeState, Prompts, advance, decode_params, prefill
 from glam.inference.sampling import GREEDY, mask_vocab
 
 
@@ -37,7 +38,7 @@ class BeamSearch:
     def __post_init__(self) -> None:
         if self.width < 1:
             raise GLaMError(f"beam width={self.width}: use 1 or more beams (the paper uses 4)")
-        if self.length_penalty < 0:
+        if not (math.isfinite(self.length_penalty) and self.length_penalty >= 0):
             raise GLaMError(f"length_penalty={self.length_penalty}: use alpha >= 0 (0 = no normalisation)")
 
 
@@ -135,8 +136,8 @@ def best_hypotheses(beam: BeamState) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _reorder(state: DecodeState, rows: jax.Array) -> DecodeState:
-    """Rows [B·W] of the decode state gathered by ``rows`` (caches have the layer axis P first)."""
-    caches = jax.tree.map(lambda a: jnp.take(a, rows, axis=1), state.caches)
+    """Rows [B·W] of the decode state gathered by ``rows`` (every cache leaf is [B·W, ...])."""
+    caches = jax.tree.map(lambda a: jnp.take(a, rows, axis=0), state.caches)
     return state._replace(caches=caches, positions=state.positions[rows], logits=state.logits[rows])
 
 
@@ -181,10 +182,11 @@ def beam_search(
     )
     state = _reorder(state, jnp.repeat(jnp.arange(B), W))
     beam = init_beams(B, W, max_tokens, jnp.asarray(prompts.lengths > 0))
+    step_params = decode_params(params)
     for _ in range(max_tokens):
         beam, state = _beam_step(
             cfg,
-            params,
+            step_params,
             beam,
             state,
             eos_id=eos_id,

@@ -11,20 +11,23 @@ slots, V vocabulary.
   next-token logits and draws again. Both are jitted; the step takes its :class:`DecodeState` as a
   donated argument (the cache is updated in place) and has fixed shapes, so it compiles once per
   (B, S, sampler). T is rounded up to a power of two so few prompt lengths compile.
+- The step reads the parameters as :func:`decode_params` lays them out, once per generation: each
+  pair-block's parameters as separate arrays, and one KV cache per pair. Under the layer scan, XLA
+  on CPU copies a pair's slice of every stacked weight and cache into a fresh buffer each step (for
+  an MoE layer, every expert's weights: most of the step; docs/benchmarks.md §5).
 
 MoE routing (reference doc §3) when decoding:
 
 - The prefill routes with the model's own grouping, as training and scoring do: by default one group
   per prompt, so a prompt does not compete with its batchmates (a set ``moe.group_size`` that does
-  not divide B·T falls back to one group: the MoE layer does that itself).
-- Each step calls ``apply(..., single_group=True)``: the B current tokens form one routing group with
-  the eval capacity C = ceil4(B · capacity_factor_eval / E), or C = B (nothing dropped) with
-  ``moe.eval_no_drop=true``. That is what we want: a group of one token per row would give every
-  token C = 4 slots in each of E experts (E·4 buffer rows for 2 assignments, so the expert compute
-  would grow with E), and a configured ``moe.group_size`` would not divide B. The price of a finite
-  capacity is that rows compete for expert slots, so a row's continuation can depend on its
-  batchmates; ``moe.eval_no_drop=true`` makes decoding batch-independent. Finished and padding rows
-  are fed with segment id 0, so they take no capacity (and their cache slots stay masked).
+  not divide B·T falls back to one group: the MoE layer does that itself), with the eval capacity
+  (or none with ``moe.eval_no_drop=true``).
+- Each step calls the blocks with ``decode=True``: the B current tokens go to their top-2
+  experts with no capacity at all (``glam.model.moe.decode``), so nothing is dropped and a row's
+  continuation never depends on its batchmates. A step therefore equals the full forward pass over
+  the row's tokens whenever that pass drops nothing, which ``moe.eval_no_drop=true`` guarantees; with
+  a finite eval capacity the prefill (and any full pass) may drop where a step does not. Finished
+  and padding rows are fed with segment id 0: their gates are 0 (and their cache slots stay masked).
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ import numpy as np
 from glam.config import GLaMConfig
 from glam.errors import GLaMError
 from glam.inference.sampling import Sampler, next_tokens
-from glam.model.init import bind
-from glam.model.transformer import apply, init_caches
+from glam.model.init import bind, bind_pairs
+from glam.model.transformer import apply, init_caches, split_pairs
 
 
 class Prompts(NamedTuple):
@@ -53,10 +56,27 @@ class Prompts(NamedTuple):
     lengths: np.ndarray  # [B] int32 real prompt lengths (0 for filler rows)
 
 
+class DecodeParams(NamedTuple):
+    """The parameters as a decode step reads them (see :func:`decode_params`)."""
+
+    rest: dict  # the parameters outside the pair-blocks: embedding, final norm
+    pairs: tuple  # P pure dicts, the parameters of pair-block p, each leaf without the pair axis
+
+
+def decode_params(params: dict) -> DecodeParams:
+    """Split the stacked pair-block parameters [P, ...] into P separate arrays, once per generation.
+
+    A second copy of the pair parameters lives while generating; in exchange a step reads every
+    weight where it is instead of copying it out of the stack (see :func:`~glam.model.transformer.run_pairs`).
+    """
+    rest = {name: value for name, value in params.items() if name != "blocks"}
+    return DecodeParams(rest, split_pairs(params["blocks"]))
+
+
 class DecodeState(NamedTuple):
     """Everything the decode step carries from one token to the next (device arrays)."""
 
-    caches: tuple  # (KVCache, KVCache) with leaves [P, B, S, ...] (see ``init_caches``)
+    caches: tuple  # P pairs (KVCache, KVCache), one per pair-block, leaves [B, S, ...]
     cache_index: jax.Array  # int32 scalar: the cache slot the next fed token is written to
     positions: jax.Array  # [B] int32: the position of the next fed token in its row
     logits: jax.Array  # [B, V] fp32: the next-token logits the latest tokens were drawn from
@@ -67,6 +87,15 @@ def check_prompt_fits(length: int, max_tokens: int, max_seq_len: int, index: int
     """Raise a GLaMError naming the fix when prompt ``index`` leaves no room for ``max_tokens``."""
     if max_tokens < 1:
         raise GLaMError(f"max_tokens={max_tokens}: ask for at least 1 token")
+    if max_tokens >= max_seq_len:  # no prompt fits, however short (every prompt holds at least bos)
+        fix = (
+            f"with prompt {index} ({length} tokens) ask for at most {max_seq_len - length} tokens"
+            if length < max_seq_len
+            else f"prompt {index} is {length} tokens: shorten it and ask for fewer tokens"
+        )
+        raise GLaMError(
+            f"max_tokens={max_tokens} leaves no room for a prompt in model.max_seq_len={max_seq_len}; {fix}"
+        )
     if length + max_tokens > max_seq_len:
         room = max_seq_len - max_tokens
         fix = f"shorten the prompt to at most {room} tokens"
@@ -133,13 +162,15 @@ def prefill(
     )
     rng, draw = jax.random.split(rng)
     last = logits[:, -1]  # [B, V]: left padding puts every row's last prompt token in column T−1
-    state = DecodeState(caches, jnp.asarray(T, jnp.int32), positions[:, -1] + 1, last, rng)
+    state = DecodeState(split_pairs(caches), jnp.asarray(T, jnp.int32), positions[:, -1] + 1, last, rng)
     return state, next_tokens(last, draw, sampler, vocab_limit)
 
 
-def advance(cfg: GLaMConfig, params: dict, state: DecodeState, tokens: jax.Array, active: jax.Array) -> DecodeState:
-    """Feed tokens [B] at slot ``cache_index``; inactive rows are segment 0 (no capacity, masked keys)."""
-    model = bind(cfg, params)
+def advance(
+    cfg: GLaMConfig, params: DecodeParams, state: DecodeState, tokens: jax.Array, active: jax.Array
+) -> DecodeState:
+    """Feed tokens [B] at slot ``cache_index``; inactive rows are segment 0 (gates 0, masked keys)."""
+    model = bind(cfg, params.rest)  # embedding and final norm; the blocks come from params.pairs
     segment_ids = active.astype(jnp.int32)[:, None]  # [B, 1]
     logits, _, caches = apply(
         model,
@@ -149,7 +180,8 @@ def advance(cfg: GLaMConfig, params: dict, state: DecodeState, tokens: jax.Array
         train=False,
         caches=state.caches,
         cache_index=state.cache_index,
-        single_group=True,
+        decode=True,
+        pairs=bind_pairs(cfg, params.pairs),
     )
     return DecodeState(caches, state.cache_index + 1, state.positions + 1, logits[:, 0], state.rng)
 
@@ -157,7 +189,7 @@ def advance(cfg: GLaMConfig, params: dict, state: DecodeState, tokens: jax.Array
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler", "vocab_limit"), donate_argnames=("state",))
 def decode_step(
     cfg: GLaMConfig,
-    params: dict,
+    params: DecodeParams,  # decode_params(params), made once per generation
     state: DecodeState,
     tokens: jax.Array,  # [B] the tokens drawn last
     active: jax.Array,  # [B] bool, False for finished and filler rows
@@ -198,10 +230,11 @@ def sample_stream(
         cache_len=prompts.tokens.shape[1] + max_tokens,
         vocab_limit=vocab_limit,
     )
+    step_params = decode_params(params)
     for i in range(max_tokens):
         yield np.asarray(tokens), (np.asarray(state.logits) if with_logits else None)
         if i == max_tokens - 1 or not active.any():
             return
         state, tokens = decode_step(
-            cfg, params, state, tokens, jnp.asarray(active), sampler=sampler, vocab_limit=vocab_limit
+            cfg, step_params, state, tokens, jnp.asarray(active), sampler=sampler, vocab_limit=vocab_limit
         )

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from glam.config import GLaMConfig
-from glam.model.transformer import GLaM
+from glam.model.transformer import GLaM, PairBlock
 from glam.sharding.rules import param_spec
 
 
@@ -78,6 +78,24 @@ def bind(cfg: GLaMConfig, params: dict) -> GLaM:
     state = jax.tree.map(lambda x: x, state)  # a fresh copy: the cached skeleton is never mutated
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
+
+
+@functools.lru_cache(maxsize=32)
+def pair_skeleton(cfg: GLaMConfig):
+    """(graphdef, abstract nnx.State) of one pair-block (no leading pair axis), computed once per config."""
+    abstract = nnx.eval_shape(lambda: PairBlock(cfg, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)
+
+
+def bind_pairs(cfg: GLaMConfig, pairs) -> tuple[PairBlock, ...]:
+    """One PairBlock per element of ``pairs``: pure dicts of one pair's parameters (``split_pairs``)."""
+    graphdef, state = pair_skeleton(cfg)
+    blocks = []
+    for pair in pairs:
+        fresh = jax.tree.map(lambda x: x, state)
+        nnx.replace_by_pure_dict(fresh, pair)
+        blocks.append(nnx.merge(graphdef, fresh))
+    return tuple(blocks)
 
 
 def count_params(cfg: GLaMConfig) -> int:

@@ -3,12 +3,15 @@
 Each layer is pre-norm: ``x += attn(norm(x))``, ``x += ffn_or_moe(norm(x))``; a final norm precedes
 the tied output embedding. The pair is the repeated unit: its parameters carry a leading axis P and
 ``forward`` scans over it (the paper's while_loop, so every MoE layer shares one compiled graph), or
-unrolls the loop (``model.scan_layers=false``) for debugging and the equivalence tests.
+unrolls the loop (``model.scan_layers=false``) for debugging and the equivalence tests. Decode steps
+run the pairs from separate per-pair parameters and caches instead (``run_pairs``), so that no step
+copies a layer's weights out of the stack.
 Dense presets (``moe.num_experts=0``) are the same code with a dense FFN in both layers of the pair.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -44,13 +47,13 @@ class Layer(nnx.Module):
         self.ffn = MoEFFN(m, cfg.moe, rngs=rngs) if moe else GatedGeluFFN(m, rngs=rngs)
         self.is_moe = moe
 
-    def __call__(self, x, positions, segment_ids, *, train, rng, cache=None, cache_index=None, single_group=False):
+    def __call__(self, x, positions, segment_ids, *, train, rng, cache=None, cache_index=None, decode=False):
         h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_index)
         x = constrain(x + h, ax.BSM)
         h = self.ffn_norm(x)
         stats = {}
         if self.is_moe:
-            h, stats = self.ffn(h, train=train, rng=rng, valid=segment_ids != 0, single_group=single_group)
+            h, stats = self.ffn(h, train=train, rng=rng, valid=segment_ids != 0, decode=decode)
             h = checkpoint_name(h, "moe_out")
         else:
             h = self.ffn(h)
@@ -64,7 +67,7 @@ class PairBlock(nnx.Module):
         self.moe_layer = Layer(cfg, moe=cfg.is_moe, rngs=rngs)
         self.dense_layer = Layer(cfg, moe=False, rngs=rngs)
 
-    def __call__(self, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, single_group=False):
+    def __call__(self, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, decode=False):
         c0, c1 = (None, None) if caches is None else caches
         x, stats, c0 = self.moe_layer(
             x,
@@ -74,7 +77,7 @@ class PairBlock(nnx.Module):
             rng=rng,
             cache=c0,
             cache_index=cache_index,
-            single_group=single_group,
+            decode=decode,
         )
         x, _, c1 = self.dense_layer(x, positions, segment_ids, train=train, rng=None, cache=c1, cache_index=cache_index)
         return x, stats, (None if caches is None else (c0, c1))
@@ -94,9 +97,7 @@ def _dtype(cfg: GLaMConfig):
     return jnp.bfloat16 if cfg.model.activation_dtype == "bfloat16" else jnp.float32
 
 
-def run_blocks(
-    model: GLaM, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, single_group=False
-):
+def run_blocks(model: GLaM, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, decode=False):
     """Apply the P pair-blocks, scanned or unrolled. Returns (x, stats stacked over P, caches)."""
     cfg = model.cfg
     graphdef, block_state = nnx.split(model.blocks)
@@ -115,7 +116,7 @@ def run_blocks(
             rng=key,
             caches=layer_caches,
             cache_index=cache_index,
-            single_group=single_group,
+            decode=decode,
         )
         return y, (stats, new_caches)
 
@@ -134,6 +135,35 @@ def run_blocks(
     return x, stats, caches
 
 
+def split_pairs(tree):
+    """A pytree whose leaves have the leading pair axis [P, ...] → a tuple of P pytrees, one per pair."""
+    P = jax.tree.leaves(tree)[0].shape[0]
+    return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(P))
+
+
+def run_pairs(pairs: Sequence[PairBlock], x, positions, segment_ids, *, caches, cache_index, decode=False):
+    """Apply pair-blocks given one by one, each with its own parameters and caches (decode steps).
+
+    Inside the layer scan, XLA on CPU copies each pair's slice of every stacked weight and cache
+    into a fresh buffer before reading it, every step; separate arrays are read (and the donated
+    caches updated) in place. Returns (x, {} (no statistics), the P updated caches).
+    """
+    new_caches = []
+    for block, cache in zip(pairs, caches, strict=True):
+        x, _, cache = block(
+            x,
+            positions,
+            segment_ids,
+            train=False,
+            rng=None,
+            caches=cache,
+            cache_index=cache_index,
+            decode=decode,
+        )
+        new_caches.append(cache)
+    return x, {}, tuple(new_caches)
+
+
 def apply(
     model: GLaM,
     inputs,
@@ -144,22 +174,21 @@ def apply(
     rng=None,
     caches=None,
     cache_index=None,
-    single_group=False,
+    decode=False,
+    pairs: Sequence[PairBlock] | None = None,
 ) -> tuple[jax.Array, dict, Any]:
-    """Logits [B, T, V] (fp32), MoE statistics stacked per pair, and updated caches."""
+    """Logits [B, T, V] (fp32), MoE statistics stacked per pair, and updated caches.
+
+    With ``pairs`` (P separate pair-blocks, ``caches`` then one per pair) the blocks run one by one
+    instead of ``model.blocks`` scanned: see :func:`run_pairs`.
+    """
     cfg = model.cfg
     x = constrain(model.embed.encode(inputs, _dtype(cfg)), ax.BSM)
-    x, stats, caches = run_blocks(
-        model,
-        x,
-        positions,
-        segment_ids,
-        train=train,
-        rng=rng,
-        caches=caches,
-        cache_index=cache_index,
-        single_group=single_group,
-    )
+    kwargs = {"caches": caches, "cache_index": cache_index, "decode": decode}
+    if pairs is None:
+        x, stats, caches = run_blocks(model, x, positions, segment_ids, train=train, rng=rng, **kwargs)
+    else:
+        x, stats, caches = run_pairs(pairs, x, positions, segment_ids, **kwargs)
     h = model.final_norm(x).astype(jnp.float32)
     logits = constrain(model.embed.decode(h), ax.BSV)
     return logits, stats, caches

@@ -16,6 +16,7 @@ from flax import nnx
 from glam.config import ModelConfig, MoEConfig
 from glam.model import axes as ax
 from glam.model.layers import param, uniform_fan_in
+from glam.model.moe.decode import decode_moe
 from glam.model.moe.dispatch import DISPATCH
 from glam.model.moe.gating import capacity as capacity_for
 from glam.model.moe.gating import top2_gating
@@ -65,14 +66,17 @@ class MoEFFN(nnx.Module):
         train: bool,
         rng: jax.Array | None = None,
         valid: jax.Array | None = None,  # [B, S] bool, False on padding
-        single_group: bool = False,  # decode: route all current tokens as one group
+        decode: bool = False,  # a decode step: every token to its top-2 experts, no capacity
     ) -> tuple[jax.Array, dict]:
         B, S, M = x.shape
+        if decode:  # (moe/decode.py); no routing statistics
+            y = decode_moe(x.reshape(B * S, M), self.w_router[...], self, None if valid is None else valid.reshape(-1))
+            return constrain(y.reshape(B, S, M), ax.BSM), {}
         E = self.moe.num_experts
         group_size = self.moe.group_size or S
-        if single_group or (B * S) % group_size:
-            # Decode steps, and batches that a configured group size does not divide (scoring,
-            # prefill of odd shapes): all tokens form one group. Training batches are validated to divide.
+        if (B * S) % group_size:
+            # Batches that a configured group size does not divide (scoring, prefill of odd shapes):
+            # all tokens form one group. Training batches are validated to divide.
             group_size = B * S
         G = (B * S) // group_size
         xg = constrain(x.reshape(G, group_size, M), ax.GSM)  # [G, S_g, M]
