@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
 
 from glam.config import ConfigError, DataConfig, GLaMConfig, ModelConfig, SourceConfig, TrainConfig
 from glam.data.mixture import draw_sources
-from glam.data.pipeline import DataPipeline, build_pipeline, process_slice, tokenizer_sample
+from glam.data.pipeline import DataPipeline, build_pipeline, process_slice, save_run_tokenizer, tokenizer_sample
 from glam.data.tokenizer import train_tokenizer
 
 WEIGHTS = {"alpha": 0.5, "beta": 0.3, "gamma": 0.15, "delta": 0.05}
@@ -160,11 +161,19 @@ def test_tokenizer_sample_never_draws_a_heldout_document(corpus):
     assert len(sample) == sum(len(s) for s in pipe.sources) - 12  # everything else was drawn
 
 
-def test_build_pipeline_trains_a_tokenizer_into_the_run_dir(tmp_path):
+def test_build_pipeline_trains_a_tokenizer_that_the_run_dir_keeps(tmp_path):
     configs = write_corpus(tmp_path)
     cfg = dataclasses.replace(make_cfg(configs), model=ModelConfig(vocab_size=400, max_seq_len=64))
-    pipe = build_pipeline(cfg, str(tmp_path / "run"), prefetch=0)
-    assert (tmp_path / "run" / "tokenizer.model").is_file()
+    run = tmp_path / "run"
+    pipe = build_pipeline(cfg, str(run), prefetch=0)
+    assert not run.exists()  # in memory until the run's checks pass (glam.train.loop saves it)
     assert pipe.tokenizer.vocab_size <= 400
     assert pipe.next_batch()["loss_weights"].sum() > 0
     pipe.close()
+    run.mkdir()
+    save_run_tokenizer(cfg, pipe.tokenizer, str(run))
+    assert sorted(os.listdir(run)) == ["tokenizer.json", "tokenizer.model"]
+    again = build_pipeline(cfg, str(run), prefetch=0)  # the saved one is reused, not retrained
+    text = "a sentence the two must split alike"
+    assert again.tokenizer.encode(text) == pipe.tokenizer.encode(text)
+    again.close()

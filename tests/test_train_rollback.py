@@ -36,4 +36,4 @@ def test_nonfinite_streak_spans_windows_and_resets_on_a_finite_step():
     assert guard.check(*window(np.nan, 5.0)) is None  # streak 2, then reset
     assert guard.check(*window(np.nan, np.nan)) is None
     reason = guard.check(*window(np.nan))
-    assert reason == "3 consecutive steps with non-finite gradients"
+    assert reason == "3 consecutive steps with a non-finite loss, gradient or update"

@@ -11,18 +11,17 @@ work — raises :class:`ConfigError` whose message names the field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
 
-from glam.errors import GLaMError
-
-
-class ConfigError(GLaMError):
-    """A user mistake in a config: the message names the field and how to fix it."""
+from glam.errors import ConfigError, GLaMWarning
+from glam.files import load_yaml_file, parse_yaml
 
 
 def _check(cond: bool, field_name: str, message: str) -> None:
@@ -79,6 +78,7 @@ class ModelConfig:
             "must exceed half the number of buckets (the exact-distance range)",
         )
         _check(self.max_seq_len > 0, "model.max_seq_len", "must be positive")
+        _check(self.norm_eps > 0, "model.norm_eps", f"got {self.norm_eps}; RMSNorm's epsilon must be > 0 (e.g. 1e-6)")
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,7 @@ class DataConfig:
         _check(len(names) == len(set(names)), "data.sources", f"source names must be unique, got {names}")
         _check(self.heldout_docs >= 0, "data.heldout_docs", "must be >= 0")
         _one_of(self.on_bad_json, ("skip", "error"), "data.on_bad_json")
+        _check(self.seed >= 0, "data.seed", f"got {self.seed}; the data order's seed must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         options = typing.get_args(tp)
         if isinstance(value, str) and not isinstance(options[0], str):
-            value = yaml.safe_load(value)
+            value = parse_yaml(value, where)
         if value not in options:
             raise ConfigError(f"{where}: got {value!r}; choose one of {', '.join(map(repr, options))}")
         return value
@@ -346,7 +347,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = parse_yaml(value, where)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
@@ -378,14 +379,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return int(f)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value.replace("_", ""))
+                number = float(value.replace("_", ""))
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: got {value!r}; give a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -452,10 +458,24 @@ def _replace_nested(obj: Any, values: dict, where: str = "") -> Any:
 
 
 def apply_overrides(cfg: GLaMConfig, overrides: list[str] | tuple[str, ...]) -> GLaMConfig:
-    """Apply dotted ``key=value`` overrides together; validation sees the final values."""
+    """Apply dotted ``key=value`` overrides together; validation sees the final values.
+
+    A key given twice (or a section and a field inside it) is applied in order, the last one winning,
+    with a :class:`GLaMWarning` naming both: a list of overrides composed by a script may repeat a
+    key on purpose, but on a command line it is usually a mistake worth hearing about.
+    """
     values: dict = {}
+    given: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
+        for other in given:
+            if key == other or key.startswith(f"{other}.") or other.startswith(f"{key}."):
+                warnings.warn(
+                    f"{key}: overridden twice ({given[other]!r}, then {item!r}); the last one applies",
+                    GLaMWarning,
+                    stacklevel=2,
+                )
+        given[key] = item
         _deep_update(values, _nest(key, value))
     return _replace_nested(cfg, values)
 
@@ -465,20 +485,26 @@ def merge_dict(cfg: GLaMConfig, values: dict) -> GLaMConfig:
     return _replace_nested(cfg, values)
 
 
+def read_config_mapping(path: str, what: str = "config file") -> dict:
+    """The mapping a YAML config file holds: strict YAML (glam.files), not empty, not a list."""
+    values = load_yaml_file(path, what)
+    if values is None:
+        raise ConfigError(f"{what} {path!r} is empty; name a preset (preset: tiny) and the sections to change")
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{what} {path!r} holds a {type(values).__name__}, not a mapping of sections (preset:, model:, train:, ...)"
+        )
+    return values
+
+
 def load_yaml(path: str, base: GLaMConfig | None = None) -> GLaMConfig:
     """Load a YAML config. It may name a ``preset:`` to start from; other keys override it."""
     from glam.presets import get_preset
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist; check the path") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path!r} is not valid YAML ({exc}); fix the syntax") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping of sections (model:, train:, ...)")
+    values = read_config_mapping(path)
     preset = values.pop("preset", None)
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"config file {path!r}: preset: expected a preset name, got {preset!r}; write preset: tiny")
     cfg = get_preset(preset) if preset else (base or GLaMConfig())
     return merge_dict(cfg, values)
 

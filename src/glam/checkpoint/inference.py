@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 
 import jax
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 
-from glam.checkpoint.manager import TOKENIZER_FILE, Checkpointer, read_config
-from glam.config import GLaMConfig
+from glam.checkpoint.manager import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    Checkpointer,
+    DamagedCheckpoint,
+    checkpoint_dir,
+    config_differences,
+    read_config,
+)
+from glam.config import GLaMConfig, from_dict
 from glam.data.tokenizer import Tokenizer
 from glam.errors import GLaMError
 from glam.model.init import abstract_params, param_shardings
 from glam.sharding.rules import active_mesh
-
-
-def save_tokenizer(cfg: GLaMConfig, run_dir: str) -> None:
-    """Copy ``data.tokenizer`` into the run directory, so the run directory alone can be served."""
-    target = os.path.join(run_dir, TOKENIZER_FILE)
-    if cfg.data.tokenizer and not os.path.isfile(target) and jax.process_index() == 0:
-        shutil.copyfile(cfg.data.tokenizer, target + ".tmp")
-        os.replace(target + ".tmp", target)
 
 
 def _target(cfg: GLaMConfig, mesh: Mesh | None) -> dict:
@@ -38,23 +38,66 @@ def _target(cfg: GLaMConfig, mesh: Mesh | None) -> dict:
 
 
 def load_for_inference(
-    run_dir: str, step: int | None = None, mesh: Mesh | None = None
+    run_dir: str, step: int | None = None, mesh: Mesh | None = None, *, log=None
 ) -> tuple[GLaMConfig, dict, Tokenizer]:
     """(config, parameters, tokenizer) of the checkpoint at ``step`` (default: the latest) in ``run_dir``.
 
-    Parameters are restored onto ``mesh`` if given, else the mesh active through
-    ``glam.sharding.rules.activate``, else the default device; the optimizer state is not read.
+    The config is the one saved in the checkpoint itself (``RUN/config.yaml`` is a copy that may be
+    missing or edited; a copy that disagrees is named in a note). Without ``step``, an unreadable
+    newest checkpoint is skipped, with a note, for the newest one that reads. Notes go to ``log``
+    (default: one line on stderr). Parameters are restored onto ``mesh`` if given, else the mesh
+    active through ``glam.sharding.rules.activate``, else the default device; the optimizer state is
+    not read.
     """
-    cfg = read_config(run_dir)
+    log = log or (lambda message: print(f"note: {message}", file=sys.stderr, flush=True))
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        raise GLaMError(f"{run_dir!r} has no checkpoints; is it a glam run directory (made by `glam train`)?")
     tokenizer = Tokenizer(os.path.join(run_dir, TOKENIZER_FILE))
-    if tokenizer.vocab_size > cfg.model.vocab_size:  # its ids would index past the embedding table
-        raise GLaMError(
-            f"{tokenizer.path} has {tokenizer.vocab_size} pieces but the checkpoint's model.vocab_size is "
-            f"{cfg.model.vocab_size}; put back the tokenizer the run was trained with"
-        )
     checkpointer = Checkpointer(run_dir)
     try:
-        _, params = checkpointer.restore_params(_target(cfg, mesh or active_mesh()), step)
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise GLaMError(f"{run_dir!r} has no finished checkpoint; train first")
+        if step is not None and step not in steps:
+            raise GLaMError(f"no checkpoint at step {step}; the run directory has steps {steps}")
+
+        def read(s: int) -> tuple[GLaMConfig, dict]:
+            cfg = _checkpoint_config(checkpointer, s, run_dir, log)
+            if tokenizer.vocab_size > cfg.model.vocab_size:  # its ids would index past the embedding table
+                raise GLaMError(
+                    f"{tokenizer.path} has {tokenizer.vocab_size} pieces but the checkpoint's model.vocab_size "
+                    f"is {cfg.model.vocab_size}; put back the tokenizer the run was trained with"
+                )
+            return cfg, checkpointer.restore_params(_target(cfg, mesh or active_mesh()), s)[1]
+
+        if step is None:
+            step, loaded = checkpointer.newest_readable(read, steps, log)
+            if loaded is None:
+                raise GLaMError(f"no checkpoint of {run_dir!r} is readable (steps {steps}); see the notes above")
+            cfg, params = loaded
+        else:
+            try:
+                cfg, params = read(step)
+            except DamagedCheckpoint as exc:
+                others = [s for s in steps if s != step]
+                raise GLaMError(f"{exc}; load another step (the run directory also has {others})") from None
     finally:
         checkpointer.close()
     return cfg, params, tokenizer
+
+
+def _checkpoint_config(checkpointer: Checkpointer, step: int, run_dir: str, log) -> GLaMConfig:
+    """The config saved in checkpoint ``step`` (``RUN/config.yaml`` for a checkpoint without one)."""
+    stored = checkpointer.stored_config(step)
+    if stored is None:
+        return read_config(run_dir)
+    cfg = from_dict(GLaMConfig, stored)
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if os.path.isfile(path):
+        try:
+            diffs = config_differences(read_config(run_dir).to_dict(), cfg, "in config.yaml", "in the checkpoint")
+        except GLaMError:  # an unreadable copy: the checkpoint's own config is all that is needed
+            diffs = ["it does not parse"]
+        if diffs:
+            log(f"{path} disagrees with checkpoint {step} ({'; '.join(diffs)}); using the checkpoint's config")
+    return cfg

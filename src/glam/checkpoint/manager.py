@@ -2,15 +2,29 @@
 
 Layout of a run directory::
 
-    RUN/config.yaml             the resolved config (written once; a resumed run must match it)
-    RUN/tokenizer.model         the SentencePiece model the run trains with
+    RUN/config.yaml             the resolved config (a copy: each checkpoint holds its own)
+    RUN/tokenizer.model         the SentencePiece model the run trains with (tokenizer.json: made from what)
+    RUN/train.lock              held by the one `glam train` working in RUN (glam.checkpoint.lock)
     RUN/checkpoints/<step>/     params/ and opt_state/ (Orbax arrays), meta/ and data/ (JSON)
+    RUN/damaged-checkpoints/    checkpoints found unreadable, moved out of the step listing
 
 Each checkpoint holds the parameters, the optimizer state, the step, the RNG, the skipped-step count
-(``meta``) and the data pipeline state (``data``), so re-running ``glam train`` on the same run
-directory continues exactly where it stopped. Orbax writes a step into a temporary folder and
-renames it when complete (with a commit marker where the file system cannot rename atomically); the
-manager lists finalised steps only, so a half-written checkpoint is never restored.
+and the resolved config (``meta``) and the data pipeline state (``data``), so re-running ``glam
+train`` on the same run directory continues exactly where it stopped. Orbax writes a step into a
+temporary folder and renames it when complete (with a commit marker where the file system cannot
+rename atomically); the manager lists finalised steps only, so a half-written checkpoint is never
+restored.
+
+What can go wrong, and what the user sees (one line each):
+
+- arrays of another shape than the config makes: the checkpoint is intact and the config differs
+  (named from the checkpoint's own config); it is never called damaged;
+- a finalised checkpoint whose files were truncated or deleted: :class:`DamagedCheckpoint`; the
+  training run moves it to ``RUN/damaged-checkpoints/`` and resumes from the previous one,
+  inference loads the previous one (``newest_readable``);
+- a failed save (a full disk): the run stops at the next step boundary (``check``) or where it waits
+  for the save, naming the folder, the space needed and the checkpoints that are intact;
+- parameters that are not finite are never written.
 
 Arrays are restored against target shardings (``abstract_state(cfg, mesh)``), so a checkpoint
 saved on one mesh restores onto another. In a multi-process job every process calls ``save`` and
@@ -19,21 +33,31 @@ saved on one mesh restores onto another. In a multi-process job every process ca
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import shutil
 import sys
+import time
+import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import yaml
 
-from glam.config import GLaMConfig, from_dict
+from glam.config import GLaMConfig, from_dict, read_config_mapping
+from glam.data.pipeline import TOKENIZER_FILE  # noqa: F401  (part of the run directory's layout)
 from glam.errors import GLaMError
 from glam.train.state import TrainState
 
 CONFIG_FILE = "config.yaml"
-TOKENIZER_FILE = "tokenizer.model"
-ITEMS = ("params", "opt_state", "meta", "data")
+RUN_CONFIG = "the run directory's config file"  # names RUN/config.yaml in errors
+ITEMS = ("params", "opt_state", "meta", "data")  # two of arrays, two of JSON
+DAMAGED_DIR = "damaged-checkpoints"  # unreadable checkpoints, moved out of checkpoints/ with their files
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 # Fields that may change when a run resumes: how long and how often, not what is trained.
 RESUMABLE_FIELDS = (
@@ -58,38 +82,138 @@ def checkpoint_dir(run_dir: str) -> str:
     return os.path.join(os.path.abspath(run_dir), "checkpoints")
 
 
+class DamagedCheckpoint(GLaMError):
+    """A finalised checkpoint whose files cannot be read (truncated or deleted after it was written)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 class Checkpointer:
     """Save and restore the train state and the data pipeline state of one run directory."""
 
     def __init__(self, run_dir: str, keep: int = 3, *, writer: bool = False):
         # The training run (``writer``) removes the temporary folders a killed process left behind;
         # readers (inference, evaluation) must not: they may be those of a run writing right now.
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=writer)
-        self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
+        self.run_dir = os.path.abspath(run_dir)
+        self.writer = writer
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=writer, cleanup_tmp_directories=writer)
+        # Handlers named up front, so a reader can see a checkpoint's array metadata before restoring.
+        arrays, jsons = ITEMS[:2], ITEMS[2:]
+        handlers = {name: ocp.StandardCheckpointHandler() for name in arrays}
+        handlers |= {name: ocp.JsonCheckpointHandler() for name in jsons}
+        self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
+        self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
+        self._failed: int | None = None  # the step of a failed save, whose partial folder goes at close
+        _quiet_orbax_failures()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return sorted(self.manager.all_steps())
+
+    def folder(self, step: int) -> str:
+        return os.path.join(checkpoint_dir(self.run_dir), str(step))
+
+    # Saving -------------------------------------------------------------------------------------
 
     def save(self, state: TrainState, data_state: dict, cfg: GLaMConfig) -> None:
-        """Write the state at ``state.step`` (asynchronously; ``wait`` blocks until it is on disk)."""
+        """Write the state at ``state.step`` (asynchronously: ``check`` and ``wait`` report a failure).
+
+        Parameters that are not finite are never written: the last checkpoint stays the last good one.
+        """
+        step = int(state.step)
+        if not all_finite(state.params):
+            raise GLaMError(
+                f"the parameters at step {step} are not finite (NaN or Inf), so checkpoint {step} is not "
+                f"written; {self._intact()}. Lower optim.lr_scale, keep train.skip_nonfinite=true, or set "
+                "train.rollback=true"
+            )
         meta = {
-            "step": int(state.step),
+            "step": step,
             "skipped_steps": int(state.skipped_steps),
             "rng": np.asarray(jax.device_get(state.rng)).tolist(),
             "config": cfg.to_dict(),
         }
-        self.manager.save(
-            int(state.step),
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                opt_state=ocp.args.StandardSave(state.opt_state),
-                meta=ocp.args.JsonSave(meta),
-                data=ocp.args.JsonSave(data_state),
-            ),
-        )
+        self.wait()  # the previous save first (Orbax would wait for it too), so a failure names its step
+        self._pending = (step, nbytes(state.params) + nbytes(state.opt_state))
+        with self._writing():
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(state.params),
+                    opt_state=ocp.args.StandardSave(state.opt_state),
+                    meta=ocp.args.JsonSave(meta),
+                    data=ocp.args.JsonSave(data_state),
+                ),
+            )
+
+    def check(self) -> None:
+        """Raise if the save in flight has failed; return at once while it is still writing."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the save in flight is on disk; a failed save raises one GLaMError line."""
+        with self._writing():
+            self.manager.wait_until_finished()
+            # Orbax may log a failed finalisation instead of raising it: look (process 0 renames the folder).
+            if self._pending and jax.process_index() == 0 and self._pending[0] not in self._steps_on_disk():
+                raise RuntimeError(_OrbaxFailures.last or "Orbax did not finalise it")
+        self._pending = None
+
+    def _steps_on_disk(self) -> list[int]:
+        self.manager.reload()
+        return self.all_steps()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn a failed write (raised at ``save`` or where it is waited for) into one line."""
+        try:
+            yield
+        except Exception as exc:  # Orbax re-raises the background thread's OSError, ValueError, ...
+            if self._pending is None:
+                raise
+            step, size = self._pending
+            self._pending = None
+            self._failed = step
+            self._remove_partial(step)
+            where, intact = checkpoint_dir(self.run_dir), self._intact()
+            if _disk_full(exc):
+                free = shutil.disk_usage(where).free
+                raise GLaMError(
+                    f"no space left on device writing checkpoint {step} to {where} (it needs about "
+                    f"{_size(size)}; {_size(free)} free there); {intact}; free some space and re-run the "
+                    "same command to resume"
+                ) from None
+            raise GLaMError(
+                f"could not write checkpoint {step} to {where} ({_first_line(exc)}); {intact}; fix that "
+                "and re-run the same command to resume"
+            ) from None
+
+    def _intact(self) -> str:
+        steps = self._steps_on_disk()
+        if not steps:
+            return "no earlier checkpoint was written"
+        return f"the earlier checkpoints ({', '.join(map(str, steps))}) are intact"
+
+    def _remove_partial(self, step: int) -> None:
+        """Drop the failed save's temporary folder at once (on a full disk its space is needed)."""
+        if jax.process_index() != 0:
+            return
+        folder = checkpoint_dir(self.run_dir)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.startswith(f"{step}{TMP_SUFFIX}"):
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+    # Restoring ----------------------------------------------------------------------------------
+
+    def stored_config(self, step: int) -> dict | None:
+        """The resolved config saved in checkpoint ``step`` (None if it predates that field)."""
+        meta = self._restore(step, {}, ("meta",)).meta
+        return meta.get("config")
 
     def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
         """(state, data pipeline state) at ``step`` (default: the latest), placed as ``target`` says."""
@@ -97,13 +221,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise GLaMError("no finished checkpoint to restore; train first (or use a run directory that has one)")
-        args = ocp.args.Composite(
-            params=ocp.args.StandardRestore(target.params),
-            opt_state=ocp.args.StandardRestore(target.opt_state),
-            meta=ocp.args.JsonRestore(),
-            data=ocp.args.JsonRestore(),
-        )
-        out = self._restore(step, args)
+        out = self._restore(step, {"params": target.params, "opt_state": target.opt_state}, ("meta", "data"))
         meta = out.meta
         scalar = lambda value, like: jax.device_put(np.asarray(value, like.dtype), like.sharding)  # noqa: E731
         state = TrainState(
@@ -123,44 +241,162 @@ class Checkpointer:
             raise GLaMError("the run directory has no finished checkpoint; train first")
         if step not in self.all_steps():
             raise GLaMError(f"no checkpoint at step {step}; the run directory has steps {self.all_steps()}")
-        out = self._restore(step, ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-        return step, out.params
+        return step, self._restore(step, {"params": target}).params
 
-    def _restore(self, step: int, args: ocp.args.Composite):
-        """``manager.restore``, with a damaged checkpoint (files truncated or deleted after it was
-        finalised) reported as one line naming it and the way out, instead of a TensorStore traceback."""
-        _quiet_closed_event_loop()
+    def _restore(self, step: int, arrays: dict, json_items: tuple[str, ...] = ()):
+        """``manager.restore`` of the named items. Arrays of another shape than stored are a config
+        mismatch (the checkpoint is intact: GLaMError); any other failure means its files are damaged
+        (:class:`DamagedCheckpoint`), reported as one line instead of a TensorStore traceback."""
         try:
-            return self.manager.restore(step, args=args)
+            if "params" in arrays:
+                self._check_shapes(step, arrays["params"])
+            args = {k: ocp.args.StandardRestore(v) for k, v in arrays.items()}
+            args |= {k: ocp.args.JsonRestore() for k in json_items}
+            return self.manager.restore(step, args=ocp.args.Composite(**args))
+        except GLaMError:
+            raise
         except Exception as exc:  # Orbax/TensorStore raise ValueError, KeyError, FileNotFoundError, Exception
-            folder = os.path.join(self.manager.directory, str(step))
-            earlier = [s for s in self.all_steps() if s < step]
-            way_out = f"the run resumes from step {max(earlier)}" if earlier else "the run starts over"
-            detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            raise GLaMError(
-                f"checkpoint {folder} is damaged or incomplete ({type(exc).__name__}: {detail}); delete that "
-                f"folder ({way_out}), or load another step (glam generate --step)"
+            raise DamagedCheckpoint(
+                f"checkpoint {self.folder(step)} is unreadable ({_first_line(exc)})", step
             ) from None
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def _check_shapes(self, step: int, target: dict) -> None:
+        stored = self.manager.item_metadata(step)["params"]
+        stored = getattr(stored, "tree", stored)  # the nested dict of ArrayMetadata
+        have = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+        want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+        keys = sorted(set(have) | set(want))
+        diffs = [f"params{k}: {have.get(k)} stored, {want.get(k)} now" for k in keys if have.get(k) != want.get(k)]
+        if diffs:
+            raise GLaMError(
+                f"checkpoint {self.folder(step)} is intact but was trained with another model config "
+                f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}); load it with the config "
+                "saved in it (the run directory's config.yaml)"
+            )
+
+    def newest_readable(self, read, steps: list[int], log=print) -> tuple[int, object] | tuple[None, None]:
+        """``(step, read(step))`` for the newest of ``steps`` that reads; each unreadable newer one is
+        skipped with a one-line message, and the training run (``writer``) moves it out of the step
+        listing (``RUN/damaged-checkpoints/``), keeping its files. ``(None, None)`` when none reads."""
+        steps = sorted(steps, reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                return step, read(step)
+            except DamagedCheckpoint as exc:
+                earlier = i + 1 < len(steps)
+                if self.writer:
+                    then = "going back to the previous checkpoint" if earlier else "starting from step 0 (no other)"
+                    log(f"{exc}; moved it to {self.set_aside(step)} and {then}")
+                else:
+                    log(f"{exc}; {'using the previous checkpoint' if earlier else 'there is no other'}")
+        return None, None
+
+    def set_aside(self, step: int) -> str:
+        """Move checkpoint ``step`` to ``RUN/damaged-checkpoints/<step>`` (out of Orbax's listing)."""
+        target = os.path.join(self.run_dir, DAMAGED_DIR, str(step))
+        if jax.process_index() == 0:
+            if os.path.exists(target):
+                target += time.strftime("-%Y%m%d-%H%M%S")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(self.folder(step), target)
+        self.manager.reload()
+        return target
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            finally:
+                if self._failed is not None:  # writes in flight when the save failed may have recreated it
+                    self._remove_partial(self._failed)
 
 
-def _quiet_closed_event_loop() -> None:
-    """When a restore fails, TensorStore still completes the reads in flight and each callback finds
-    Orbax's event loop closed: dozens of tracebacks of noise around the one error line. Drop those
-    (the hook in place handles every other unraisable exception)."""
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree) -> bool:
+    """Whether every float array of ``tree`` is free of NaN and Inf (one reduction on device)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return not leaves or bool(_all_finite(leaves))
+
+
+def nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _OrbaxFailures(logging.Filter):
+    """Orbax logs a failed background save or read with its traceback (hundreds of lines), then
+    raises the error where the Checkpointer waits, which reports it as one line. Those records are
+    held back; the last one's first line is kept for the message."""
+
+    last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and "orbax" in record.pathname:
+            _OrbaxFailures.last = _first_line(record.exc_info[1])
+            return False
+        return True
+
+
+class _OrbaxTaskNoise(logging.Filter):
+    """asyncio's "Task (or _GatheringFuture) exception was never retrieved" for Orbax's write tasks:
+    after one write of a save failed (and was reported), the others fail too once the temporary
+    folder is removed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message and "orbax" in message)
+
+
+def _quiet_orbax_failures() -> None:
+    """Install, once per process, the filters that keep a failed save or restore to one line:
+    Orbax's logged tracebacks (``_OrbaxFailures``), and the reads TensorStore still completes after
+    a restore failed, each of which finds Orbax's event loop closed or its coroutine abandoned."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxFailures) for f in absl.filters):
+        absl.addFilter(_OrbaxFailures())
+    # ...and the write coroutines a failed save abandoned, which Python reports at exit.
+    warnings.filterwarnings("ignore", r"coroutine '[^']*serializ[^']*' was never awaited", RuntimeWarning)
+    tasks = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxTaskNoise) for f in tasks.filters):
+        tasks.addFilter(_OrbaxTaskNoise())
     previous = sys.unraisablehook
     if getattr(previous, "glam_quiet", False):
         return
 
     def hook(unraisable) -> None:
-        exc = unraisable.exc_value
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
-            previous(unraisable)
+        exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        if code is not None and "orbax" in code.co_filename:
+            return
+        previous(unraisable)
 
     hook.glam_quiet = True
     sys.unraisablehook = hook
@@ -187,7 +423,9 @@ def _normalise(values: dict) -> dict:
     return _flatten(yaml.safe_load(yaml.safe_dump(values, sort_keys=False)))
 
 
-def config_differences(saved: dict, current: GLaMConfig) -> list[str]:
+def config_differences(
+    saved: dict, current: GLaMConfig, where: str = "in the run directory", now: str = "now"
+) -> list[str]:
     """The fields (other than ``RESUMABLE_FIELDS``) on which ``saved`` and ``current`` differ."""
     a, b = _normalise(saved), _normalise(current.to_dict())
     keys = sorted(set(a) | set(b))
@@ -195,11 +433,7 @@ def config_differences(saved: dict, current: GLaMConfig) -> list[str]:
     def resumable(key: str) -> bool:
         return key == "name" or any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS)
 
-    return [
-        f"{k}: {a.get(k)!r} in the run directory, {b.get(k)!r} now"
-        for k in keys
-        if a.get(k) != b.get(k) and not resumable(k)
-    ]
+    return [f"{k}: {a.get(k)!r} {where}, {b.get(k)!r} {now}" for k in keys if a.get(k) != b.get(k) and not resumable(k)]
 
 
 def read_config(run_dir: str) -> GLaMConfig:
@@ -207,22 +441,31 @@ def read_config(run_dir: str) -> GLaMConfig:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise GLaMError(f"{path} does not exist; is {run_dir!r} a glam run directory (made by `glam train`)?")
-    with open(path, encoding="utf-8") as f:
-        return from_dict(GLaMConfig, yaml.safe_load(f) or {})
+    return from_dict(GLaMConfig, read_config_mapping(path, RUN_CONFIG))
 
 
 def check_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
     """Refuse a run directory whose saved config differs from ``cfg`` in a non-resumable field."""
     path = os.path.join(run_dir, CONFIG_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            saved = yaml.safe_load(f) or {}
-        diffs = config_differences(saved, cfg)
+        diffs = config_differences(read_config_mapping(path, RUN_CONFIG), cfg)
         if diffs:
             raise GLaMError(
                 f"run directory {run_dir!r} belongs to a different config ({'; '.join(diffs)}); "
                 "train into a new --run-dir, or undo those overrides to resume this run"
             )
+
+
+def check_checkpoint_config(cfg: GLaMConfig, checkpointer: Checkpointer, step: int) -> None:
+    """Refuse to resume checkpoint ``step`` with a config other than the one saved in it: the
+    checkpoint knows the truth, also when ``config.yaml`` is missing or was edited."""
+    stored = checkpointer.stored_config(step)
+    diffs = config_differences(stored, cfg, f"in checkpoint {step}") if stored is not None else []
+    if diffs:
+        raise GLaMError(
+            f"run directory {checkpointer.run_dir!r} belongs to a different config ({'; '.join(diffs)}); "
+            "train into a new --run-dir, or undo those overrides to resume this run"
+        )
 
 
 def prepare_run_dir(cfg: GLaMConfig, run_dir: str) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 
+from glam.cli.arguments import finite_float, non_negative_int, output_file, positive_int
 from glam.config import SourceConfig, resolve
 from glam.data.errors import DataError
 
@@ -24,13 +25,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     filt.add_argument("--curated", nargs="+", required=True, help="files/dirs/globs of high-quality text")
     filt.add_argument("--general", nargs="+", required=True, help="files/dirs/globs of general web text")
     filt.add_argument("--input", required=True, help="the documents to filter (file, directory or glob)")
-    filt.add_argument("--output", required=True, help="the JSONL file of kept documents")
+    filt.add_argument(
+        "--output", required=True, type=output_file("kept.jsonl"), help="the JSONL file of kept documents"
+    )
     for role in ("curated", "general", "input"):
         filt.add_argument(f"--{role}-format", default="auto", help=f"format of the {role} files (see SourceConfig)")
-    filt.add_argument("--alpha", type=float, default=9.0, help="Pareto shape (GPT-3/GLaM: 9)")
-    filt.add_argument("--seed", type=int, default=0)
-    filt.add_argument("--max-train-docs", type=int, default=20_000, help="per class")
-    filt.add_argument("--save-model", default=None, help="also save the classifier (.npz)")
+    filt.add_argument("--alpha", type=finite_float, default=9.0, help="Pareto shape (GPT-3/GLaM: 9)")
+    filt.add_argument("--seed", type=non_negative_int, default=0)
+    filt.add_argument("--max-train-docs", type=positive_int, default=20_000, help="per class")
+    filt.add_argument("--save-model", type=output_file("classifier.npz"), help="also save the classifier (.npz)")
     filt.set_defaults(func=run_filter)
     stats = commands.add_parser("stats", help="index the config's sources and print their statistics")
     stats.add_argument("config", nargs="*", help="a preset name or a YAML config, then key=value overrides")

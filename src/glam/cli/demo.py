@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from glam.cli.arguments import output_dir, positive_int
+from glam.cli.train import memory_advice
 from glam.config import resolve
+from glam.errors import out_of_memory_advice
 
 PROMPTS = ("Return a new", "class ")
 
@@ -18,10 +21,14 @@ def run(args: argparse.Namespace) -> int:
     from glam.checkpoint import load_for_inference
     from glam.cli.plot import plot_run
     from glam.inference import generate
+    from glam.train.interrupt import exit_status
     from glam.train.loop import train
 
     cfg = resolve("tiny", args.overrides)
-    summary = train(cfg, args.run_dir)
+    with out_of_memory_advice(memory_advice(cfg, "tiny", args.overrides)):
+        summary = train(cfg, args.run_dir)
+    if summary["interrupted"]:  # saved and stopped on Ctrl-C / SIGTERM: no plots, no sample
+        return exit_status(summary)
     if summary["start_step"] < summary["step"]:
         held = summary["heldout"]["heldout/mean"]
         print(f"trained to step {summary['step']}: train loss {summary['loss']:.3f}, held-out loss {held:.3f}")
@@ -38,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train tiny on the default corpus, plot it, and print a greedy sample")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the tiny preset")
-    p.add_argument("--run-dir", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--tokens", type=int, default=32, help="tokens to generate per prompt")
+    p.add_argument("--run-dir", type=output_dir, default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--tokens", type=positive_int, default=32, help="tokens to generate per prompt")
     p.set_defaults(func=run)

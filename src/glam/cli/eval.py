@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
+from glam.cli.arguments import non_negative_int, output_file, positive_int
 from glam.config import ConfigError, EvalConfig
 
 
@@ -36,30 +36,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory of the model to evaluate")
     p.add_argument("--tasks", default="all", help="comma-separated task names or YAML paths; 'all' = tasks with data")
     p.add_argument("--shots", type=_shots, default=0, help="demonstrations per example: N, or 'few' (per-task K)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first K examples of each task")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first K examples of each task")
+    p.add_argument(
+        "--json", dest="json_out", type=output_file("results.json"), help="also write the results to this JSON file"
+    )
     p.add_argument(
         "--data-root", default=None, help="task data folder (default $GLAM_TASK_DATA or ../shared/data/tasks)"
     )
     p.add_argument("--task-dir", action="append", default=[], help="extra folder of task YAML files")
-    p.add_argument("--beam-size", type=int, default=None, help="beam width for generation tasks (paper: 4)")
-    p.add_argument("--max-tokens", type=int, default=None, help="generation length limit")
-    p.add_argument("--seed", type=int, default=None, help="few-shot sampling seed")
+    p.add_argument("--beam-size", type=positive_int, default=None, help="beam width for generation tasks (paper: 4)")
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="generation length limit")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="few-shot sampling seed")
     p.set_defaults(func=run)
 
     q = subparsers.add_parser("perplexity", help="perplexity and bits per byte of a checkpoint on text files")
     q.add_argument("--checkpoint", required=True, help="run directory of the model")
     q.add_argument("files", nargs="+", help="plain text files (one document each) or .jsonl files (field 'text')")
-    q.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    q.add_argument(
+        "--json", dest="json_out", type=output_file("perplexity.json"), help="also write the results to this JSON file"
+    )
     q.set_defaults(func=run_perplexity)
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The run's saved ``eval`` settings (if any) with the command-line overrides applied."""
-    from glam.config import load_yaml
+    config = EvalConfig()
+    if (Path(args.checkpoint) / "config.yaml").exists():
+        from glam.checkpoint.manager import read_config
 
-    saved = Path(args.checkpoint) / "config.yaml"
-    config = load_yaml(str(saved)).eval if saved.exists() else EvalConfig()
+        config = read_config(args.checkpoint).eval
     overrides = {"beam_size": args.beam_size, "max_decode_tokens": args.max_tokens, "seed": args.seed}
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -71,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from glam.evals import evaluate, print_results, resolve_task_names, write_json
     from glam.inference import load_language_model
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit: must be >= 1")
     console = Console(stderr=True)
     config = eval_config(args)
     names = resolve_task_names(args.tasks, args.data_root, tuple(args.task_dir))  # fail before loading the model
@@ -97,15 +100,18 @@ def run(args: argparse.Namespace) -> int:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     """``glam perplexity``: nats per token, perplexity and bits per byte of each file."""
+    from glam import jsonsafe
     from glam.evals import evaluate_perplexity, write_json
+    from glam.evals.perplexity import read_documents
     from glam.inference import load_language_model
 
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         raise ConfigError(f"perplexity: no such file {missing[0]}; check the path")
-    results = evaluate_perplexity(load_language_model(args.checkpoint), args.files)
+    documents = {path: read_documents(path) for path in args.files}  # bad files fail before the model loads
+    results = evaluate_perplexity(load_language_model(args.checkpoint), documents)
     results["checkpoint"] = str(args.checkpoint)
-    print(json.dumps(results, indent=2))
+    print(jsonsafe.dumps(results, indent=2))  # null, not NaN, for an empty file
     if args.json_out:
         write_json(results, args.json_out)
     return 0

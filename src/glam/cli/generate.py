@@ -16,25 +16,27 @@ import json
 import sys
 from pathlib import Path
 
+from glam.cli.arguments import finite_float, non_negative_int, positive_int
 from glam.errors import GLaMError
+from glam.files import read_text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``generate`` subcommand."""
     p = subparsers.add_parser("generate", help="generate text from a checkpoint (streams to the terminal)")
     p.add_argument("--checkpoint", required=True, help="run directory of the model")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--step", type=non_negative_int, default=None, help="checkpoint step (default: the latest)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text (\\n is a newline)")
     src.add_argument("--file", help="prompts: one per line, or a .jsonl file")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p probability mass")
-    p.add_argument("--beam", type=int, default=None, help="beam search with this width (the paper uses 4)")
-    p.add_argument("--length-penalty", type=float, default=0.0, help="beam search GNMT alpha (0 = none)")
+    p.add_argument("--max-tokens", type=positive_int, default=64, help="tokens to generate per prompt (default 64)")
+    p.add_argument("--temperature", type=finite_float, default=None, help="sampling temperature (default: greedy)")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=finite_float, default=1.0, help="sample from the top-p probability mass")
+    p.add_argument("--beam", type=positive_int, default=None, help="beam search with this width (the paper uses 4)")
+    p.add_argument("--length-penalty", type=finite_float, default=0.0, help="beam search GNMT alpha (0 = none)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable; \\n is a newline)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together (default 8)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.set_defaults(func=run)
 
@@ -48,7 +50,7 @@ def read_prompts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise GLaMError(f"--file {path!r} does not exist; give a text file with one prompt per line")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_text(path, "--file ").splitlines() if line.strip()]
     if file.suffix != ".jsonl":
         prompts = [_unescape(line) for line in lines]
     else:

@@ -18,13 +18,22 @@ def info(cfg: GLaMConfig) -> dict:
     size = model_size(cfg)
     m = cfg.model
     paper = PAPER_FIGURES.get(cfg.name)
-    layout = [
-        {
-            "layer": i,
-            "ffn": f"moe({cfg.moe.num_experts} experts, top-2)" if cfg.is_moe and i % 2 == 0 else "dense gated-GELU",
-        }
-        for i in range(m.num_layers)
-    ]
+    L, E = m.num_layers, cfg.moe.num_experts
+    # One entry per kind of layer (not per layer: L may be anything the config accepts).
+    if cfg.is_moe:
+        layout = [
+            {"layers": f"0, 2, ..., {L - 2}", "count": L // 2, "ffn": f"moe({E} experts, top-2)"},
+            {"layers": f"1, 3, ..., {L - 1}", "count": L // 2, "ffn": "dense gated-GELU"},
+        ]
+    else:
+        layout = [{"layers": f"0, 1, ..., {L - 1}", "count": L, "ffn": "dense gated-GELU"}]
+    mesh_note = ""
+    if cfg.is_moe and E & (E - 1):  # device counts are powers of two; E is split over mesh.data
+        mesh_note = (
+            f"moe.num_experts={E} is not a power of two: experts are split over mesh.data, which must divide {E} "
+            f"or be a multiple of it ({E}, {2 * E}, ...); on a power-of-two number of devices put the rest "
+            "on mesh.model"
+        )
     return {
         "name": cfg.name,
         "params_total": size.params_total,
@@ -46,6 +55,7 @@ def info(cfg: GLaMConfig) -> dict:
         "paper_params_activated": paper.activated if paper else None,
         "paper_note": paper.note if paper else "",
         "layout": layout,
+        "mesh_note": mesh_note,
     }
 
 
@@ -72,7 +82,7 @@ def print_info(d: dict, console: Console) -> None:
     t.add_row("train FLOPs / token", _fmt(d["flops_per_token_train"]), "–", "")
     t.add_row("inference FLOPs / token", _fmt(d["flops_per_token_inference"]), "–", "")
     console.print(t)
-    moe_layers = sum(1 for x in d["layout"] if x["ffn"].startswith("moe"))
+    moe_layers = sum(x["count"] for x in d["layout"] if x["ffn"].startswith("moe"))
     console.print(
         f"layout: {d['num_layers']} layers as {d['num_layers'] // 2} (MoE, dense) pairs; "
         f"{moe_layers} MoE layers (0, 2, 4, ...)"
@@ -80,8 +90,9 @@ def print_info(d: dict, console: Console) -> None:
         else f"layout: {d['num_layers']} dense layers"
     )
     console.print(f"FLOPs: {d['flops_formula']}, S={d['seq_len']}")
-    if d["paper_note"]:
-        console.print(f"note: {d['paper_note']}")
+    for note in (d["paper_note"], d["mesh_note"]):
+        if note:
+            console.print(f"note: {note}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """The ``glam`` command: one subcommand per job, each a thin layer over an importable function.
 
-User mistakes (a bad config, a missing file, a mesh that doesn't divide the model, ...) raise one of
-the project's error types; they are printed as one ``error: ...`` line with exit status 2, never a
-traceback.
+User mistakes (a bad config, a missing file, a mesh that doesn't divide the model, a bad flag, ...)
+raise :class:`glam.errors.GLaMError` (or argparse's error); they are printed as one ``error: ...`` line
+with exit status 2, never a traceback. :class:`glam.errors.GLaMWarning` prints as one ``warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -10,32 +10,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+
+from glam.errors import GLaMError, GLaMWarning
 
 # Subcommand modules; each has add_parser(subparsers) registering its commands with func=run.
 SUBCOMMANDS = ("info", "plan", "train", "demo", "tokenizer", "data", "generate", "eval", "plot")
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'the user asked for something that cannot work'."""
-    from glam.errors import GLaMError
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``error: <message> (see glam <command> --help)``, exit status 2."""
 
-    errors: list[type[BaseException]] = [GLaMError]
-    for mod, name in (
-        ("glam.config", "ConfigError"),
-        ("glam.data.errors", "DataError"),
-        ("glam.evals.tasks", "TaskError"),
-    ):
-        try:
-            errors.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="glam", description="GLaM sparse Mixture-of-Experts language models: one subcommand per job."
-    )
+    parser = Parser(prog="glam", description="GLaM sparse Mixture-of-Experts language models: one subcommand per job.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -48,7 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line_warnings(fallback):
+    """A ``warnings.showwarning`` that prints glam's warnings as one ``warning: ...`` line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, GLaMWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line → its namespace (overrides may follow the options)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may also come after the options (glam plan tiny --mesh 4x2 train.steps=3)
@@ -58,15 +62,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        parser.exit(2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        return int(args.func(args) or 0)
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        args = parse(argv)
+    except SystemExit as exc:  # --help (0) or a usage error, already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", GLaMWarning)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            return int(args.func(args) or 0)
+        except GLaMError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

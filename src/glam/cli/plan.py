@@ -14,6 +14,7 @@ import os
 import re
 import time
 
+from glam.cli.arguments import non_negative_int
 from glam.config import ConfigError, GLaMConfig, resolve
 
 GIB = 1024**3
@@ -130,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch:
         overrides.append(f"train.batch_size={args.batch}")
     if args.seq:
-        overrides += [f"train.seq_len={args.seq}", f"model.max_seq_len={max(args.seq, 1)}"]
+        overrides.append(f"train.seq_len={args.seq}")
+        if not any(o.startswith("model.max_seq_len=") for o in overrides):
+            overrides.append(f"model.max_seq_len={args.seq}")
     cfg = resolve(args.preset, overrides)
     ensure_cpu_devices(data * model)
     p = plan(cfg, data, model)
@@ -146,7 +149,7 @@ def add_parser(sub) -> None:
     p.add_argument("preset", help="preset name or config .yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--mesh", required=True, help="DATAxMODEL, e.g. 64x16")
-    p.add_argument("--batch", type=int, default=0, help="global batch in sequences (default: the preset's)")
-    p.add_argument("--seq", type=int, default=0, help="sequence length (default: the preset's)")
+    p.add_argument("--batch", type=non_negative_int, default=0, help="global batch, sequences (default: the preset's)")
+    p.add_argument("--seq", type=non_negative_int, default=0, help="sequence length (default: the preset's)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)

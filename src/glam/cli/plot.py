@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 
 from glam.errors import GLaMError
-from glam.train.metrics import read_metrics
+from glam.train.metrics import load_metrics
 
 
 def _pyplot():
@@ -30,10 +31,11 @@ def plot_losses(records: list[dict], path: str) -> None:
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="black", lw=1.5, label="train loss")
+    losses = [np.nan if r.get("loss") is None else r["loss"] for r in train]  # null: a non-finite loss
+    ax.plot([r["step"] for r in train], losses, color="black", lw=1.5, label="train loss")
     sources = sorted({k for r in evals for k in r if k.startswith("heldout/") and k != "heldout/mean"})
     for key in sources:
-        points = [(r["step"], r[key]) for r in evals if key in r]
+        points = [(r["step"], np.nan if r[key] is None else r[key]) for r in evals if key in r]
         ax.plot(*zip(*points), marker="o", ms=3, lw=1, label=f"held-out {key.split('/', 1)[1]}")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="GLaM training")
     ax.grid(alpha=0.3)
@@ -73,8 +75,11 @@ def plot_expert_load(records: list[dict], path: str) -> bool:
 
 
 def plot_run(run_dir: str) -> list[str]:
-    """Write the plots of ``run_dir`` into ``run_dir/plots``; returns their paths."""
-    records = read_metrics(run_dir)
+    """Write the plots of ``run_dir`` into ``run_dir/plots``; returns their paths. Lines of
+    ``metrics.jsonl`` that are not JSON records are skipped, with a note on stderr."""
+    records, skipped = load_metrics(run_dir)
+    if skipped:
+        print(f"note: skipped {skipped} damaged line{'s' * (skipped > 1)} of {run_dir}/metrics.jsonl", file=sys.stderr)
     if not records:
         raise GLaMError(f"{run_dir!r} has no metrics.jsonl records; train first (`glam train --run-dir {run_dir}`)")
     folder = os.path.join(run_dir, "plots")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from glam.cli.arguments import output_file, positive_int
 from glam.config import ConfigError, resolve
 
 
@@ -30,8 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="tokenizer_command", required=True)
     train = commands.add_parser("train", help="train a tokenizer on the config's data mixture")
     train.add_argument("config", nargs="*", help="a preset name or a YAML config, then key=value overrides")
-    train.add_argument("--output", required=True, help="the .model file to write")
-    train.add_argument("--vocab-size", type=int, default=None, help="pieces (default: model.vocab_size)")
+    train.add_argument("--output", required=True, type=output_file("tokenizer.model"), help="the .model file to write")
+    train.add_argument("--vocab-size", type=positive_int, default=None, help="pieces (default: model.vocab_size)")
     train.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
     train.set_defaults(func=run)
     return parser
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     sources = open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
     docs = tokenizer_sample(cfg, sources)
-    vocab = args.vocab_size or cfg.model.vocab_size
+    vocab = cfg.model.vocab_size if args.vocab_size is None else args.vocab_size
     tokenizer = train_tokenizer(docs, vocab, args.output, model_type=args.model_type)
     names = ", ".join(s.name for s in sources)
     print(

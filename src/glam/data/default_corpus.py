@@ -233,9 +233,10 @@ def default_sources(cache_dir: str | None = None) -> tuple[SourceConfig, ...]:
     folder = corpus_dir(cache_dir or default_cache_dir())
     if not os.path.isfile(os.path.join(folder, "MANIFEST.json")):
         _build_in_subprocess(folder)
+    total = sum(weight for weight, _ in DOMAINS.values())  # weights as shares summing to 1
     return tuple(
         SourceConfig(
-            name=f"stdlib-{domain}", path=os.path.join(folder, f"{domain}.jsonl"), weight=weight, format="jsonl"
+            name=f"stdlib-{domain}", path=os.path.join(folder, f"{domain}.jsonl"), weight=weight / total, format="jsonl"
         )
         for domain, (weight, _) in DOMAINS.items()
     )

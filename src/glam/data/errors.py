@@ -1,10 +1,5 @@
-"""The one user-facing error type of the data pipeline."""
+"""The data pipeline's user-facing error type, :class:`glam.errors.DataError` (one hierarchy: glam/errors.py)."""
 
-from __future__ import annotations
+from glam.errors import DataError
 
-
-class DataError(ValueError):
-    """A problem with the training data or tokenizer: the message names the problem and the fix.
-
-    The CLI prints it as one ``error: ...`` line and exits with status 2.
-    """
+__all__ = ["DataError"]

@@ -18,6 +18,7 @@ size allows shows it as ``epochs > 1`` in :meth:`Mixture.stats`.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import numpy as np
 from glam.data.errors import DataError
 from glam.data.packing import pack_row
 from glam.data.sources import Source
+from glam.errors import GLaMWarning
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -58,6 +60,18 @@ def draw_sources(seed: int, indices: np.ndarray, weights: np.ndarray) -> np.ndar
 def source_key(name: str) -> int:
     """A process-independent integer for a source name (Python's ``hash`` is salted per process)."""
     return zlib.crc32(name.encode("utf-8"))
+
+
+def _say_how_weights_normalise(sources: list[Source], weights: np.ndarray) -> None:
+    """Weights are relative (a source's share is weight / sum); unequal weights not summing to 1 get a warning."""
+    total = float(weights.sum())
+    if len(set(weights.tolist())) > 1 and abs(total - 1) > 1e-6:
+        shares = ", ".join(f"{s.name} {w / total:.3f}" for s, w in zip(sources, weights))
+        warnings.warn(
+            f"data.sources weights sum to {total:g}, not 1; each source's share is its weight / {total:g}: {shares}",
+            GLaMWarning,
+            stacklevel=3,
+        )
 
 
 def heldout_for(source: Source, default: int) -> int:
@@ -123,6 +137,7 @@ class Mixture:
         self.encode, self.seq_len, self.seed = encode, seq_len, seed
         self.bos_id, self.eos_id = bos_id, eos_id
         self.weights = np.asarray([s.weight for s in sources], dtype=np.float64)
+        _say_how_weights_normalise(sources, self.weights)
         self.orders = [DocumentOrder(len(s), heldout_for(s, heldout_docs), seed, s.name) for s in sources]
         self.cursors = [SourceCursor() for _ in sources]
         self.example = 0

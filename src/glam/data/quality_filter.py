@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from glam.errors import DataError
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 SCORE_BANDS = np.linspace(0.0, 1.0, 11)
 
@@ -76,7 +78,10 @@ class QualityClassifier:
     ) -> QualityClassifier:
         """Adagrad SGD on the class-balanced logistic loss; curated = label 1, general = label 0."""
         if not curated or not general:
-            raise ValueError("the quality classifier needs both curated and general documents")
+            raise DataError(
+                f"the quality classifier needs both curated and general documents (got {len(curated)} curated, "
+                f"{len(general)} general); check --curated and --general"
+            )
         feats = [hashed_features(t, self.num_features) for t in (*curated, *general)]
         labels = np.r_[np.ones(len(curated)), np.zeros(len(general))]
         class_weight = np.where(labels == 1, len(labels) / (2 * len(curated)), len(labels) / (2 * len(general)))

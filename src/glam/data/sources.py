@@ -5,9 +5,10 @@ A :class:`Source` never holds its corpus in memory. On first use it scans its fi
 line by line or row group by row group) and keeps only where each non-empty document lies:
 ``(file id, start, end)`` byte ranges for the text formats, ``(file id, row)`` for Parquet and
 Hugging Face. ``source.document(k)`` then reads document ``k`` from disk on demand. The scan also
-counts the problems it tolerates: bytes that are not UTF-8 (decoded with U+FFFD and counted) and
-JSONL lines that are not JSON (skipped and counted, or a :class:`DataError` when
-``data.on_bad_json = "error"``).
+counts the problems it tolerates: bytes that are not UTF-8 (decoded with U+FFFD, counted, and
+reported as one warning: the text policy of :mod:`glam.files`) and JSONL lines that are not JSON
+(skipped and counted, or a :class:`DataError` when ``data.on_bad_json = "error"``). A file that is not
+text (compressed, UTF-16, binary) or cannot be read is a :class:`DataError` naming it.
 
 Formats (``SourceConfig.format``; ``auto`` picks one per file from its extension):
 
@@ -42,6 +43,7 @@ import numpy as np
 
 from glam.config import SourceConfig
 from glam.data.errors import DataError
+from glam.files import REPLACEMENT, SNIFF_BYTES, check_text, decode, unreadable, warn_replaced
 
 _EXTENSION_FORMATS = {
     ".jsonl": "jsonl",
@@ -50,8 +52,7 @@ _EXTENSION_FORMATS = {
     ".pq": "parquet",
     ".csv": "csv",
 }
-_REPLACEMENT = "\ufffd"
-_REPLACEMENT_BYTES = _REPLACEMENT.encode()
+_REPLACEMENT_BYTES = REPLACEMENT.encode()
 _CHUNK = 1 << 20
 
 
@@ -65,7 +66,7 @@ class SourceStats:
     decode_replacements: int = 0
 
 
-class _BadRecord(Exception):
+class BadRecord(Exception):
     """A JSONL line that is not a JSON object with a string text field."""
 
 
@@ -157,15 +158,6 @@ def _records(fmt: str, f: io.BufferedReader) -> Iterator[tuple[int, int]]:
         yield start, end
 
 
-def _decode(raw: bytes) -> tuple[str, int]:
-    """UTF-8 decode with replacement; returns (text, number of replaced invalid sequences)."""
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return text, text.count(_REPLACEMENT) - raw.count(_REPLACEMENT_BYTES)
-
-
 _TAG = re.compile(r"<[^>]+>")
 _POST_TEXT = re.compile(r"<Post\b[^>]*>(.*?)(?:<terminals|</Post>)", re.S)
 _SE_ATTR = re.compile(r'\s(?:Body|Text)="([^"]*)"')
@@ -183,13 +175,7 @@ def _extract(fmt: str, text: str, cfg: SourceConfig) -> str:
     if fmt in ("lines", "paragraphs"):
         return text.rstrip("\r\n")
     if fmt == "jsonl":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _BadRecord(f"not JSON ({exc.msg})") from None
-        if not isinstance(value, dict) or not isinstance(value.get(cfg.text_field), str):
-            raise _BadRecord(f"not an object with a string field {cfg.text_field!r}")
-        return value[cfg.text_field]
+        return jsonl_text(text, cfg.text_field)
     if fmt == "csv":
         return _csv_text(text, cfg.text_field)
     if fmt == "xml_posts":
@@ -199,6 +185,17 @@ def _extract(fmt: str, text: str, cfg: SourceConfig) -> str:
         match = _SE_ATTR.search(text)
         return _html_to_text(html.unescape(match.group(1))) if match else ""
     raise AssertionError(fmt)
+
+
+def jsonl_text(line: str, text_field: str) -> str:
+    """The document of one JSON Lines record; :class:`BadRecord` (saying why) if the line is not one."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise BadRecord(f"not JSON ({exc.msg})") from None
+    if not isinstance(value, dict) or not isinstance(value.get(text_field), str):
+        raise BadRecord(f"not an object with a string field {text_field!r}")
+    return value[text_field]
 
 
 def _csv_text(record: str, text_field: str) -> str:
@@ -274,7 +271,7 @@ class Source:
         with open(self._files[file_id], "rb") as f:
             f.seek(start)
             raw = f.read(end - start)
-        return _extract(fmt, _decode(raw)[0], self._file_cfg(file_id))
+        return _extract(fmt, decode(raw)[0], self._file_cfg(file_id))
 
     def __iter__(self) -> Iterator[str]:
         for k in range(len(self)):
@@ -290,17 +287,27 @@ class Source:
             self.stats.files = len(self._files)
             rows = []
             for file_id, path in enumerate(self._files):
-                fmt = detect_format(path) if self.cfg.format == "auto" else self.cfg.format
-                self._formats.append(fmt)
-                self._csv_columns.append("")
-                scan = self._index_parquet if fmt == "parquet" else self._index_file
-                rows.extend((file_id, a, b) for a, b in scan(file_id, path, fmt))
+                try:
+                    rows.extend((file_id, a, b) for a, b in self._index_path(file_id, path))
+                except OSError as exc:  # a dangling link, no permission, a file removed meanwhile
+                    raise unreadable(path, exc, f"data source {self.name!r}: ") from None
         if not rows:
             raise DataError(
                 f"data source {self.name!r} ({self.cfg.path}) holds no non-empty documents; "
                 f"check the path and the format ({self.cfg.format!r}, text_field={self.cfg.text_field!r})"
             )
         return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+    def _index_path(self, file_id: int, path: str) -> Iterator[tuple[int, int]]:
+        """Byte ranges (or Parquet rows) of one file's documents; a file that is not text is refused."""
+        fmt = detect_format(path) if self.cfg.format == "auto" else self.cfg.format
+        self._formats.append(fmt)
+        self._csv_columns.append("")
+        if fmt == "parquet":
+            return self._index_parquet(file_id, path, fmt)
+        with open(path, "rb") as f:
+            check_text(path, f.read(SNIFF_BYTES), f"data source {self.name!r}: ")
+        return self._index_file(file_id, path, fmt)
 
     def _file_cfg(self, file_id: int) -> SourceConfig:
         if self._formats[file_id] != "csv":
@@ -322,12 +329,12 @@ class Source:
                     continue
                 here = f.tell()
                 f.seek(start)
-                text, replaced = _decode(f.read(end - start))
+                text, replaced = decode(f.read(end - start))
                 f.seek(here)
                 self.stats.decode_replacements += replaced
                 try:
                     doc = _extract(fmt, text, cfg)
-                except _BadRecord as exc:
+                except BadRecord as exc:
                     self._bad_json(path, text, str(exc))
                     continue
                 if doc.strip():
@@ -348,10 +355,10 @@ class Source:
         with open(path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 text = decoder.decode(chunk)
-                replaced += text.count(_REPLACEMENT) - chunk.count(_REPLACEMENT_BYTES)
+                replaced += text.count(REPLACEMENT) - chunk.count(_REPLACEMENT_BYTES)
                 nonblank = nonblank or bool(text.strip())
                 size += len(chunk)
-            replaced += decoder.decode(b"", final=True).count(_REPLACEMENT)
+            replaced += decoder.decode(b"", final=True).count(REPLACEMENT)
         self.stats.decode_replacements += max(replaced, 0)
         if nonblank:
             yield 0, size
@@ -426,6 +433,7 @@ def open_sources(configs: tuple[SourceConfig, ...], on_bad_json: str = "skip") -
     sources = [Source(c, on_bad_json) for c in configs]
     for source in sources:
         len(source)  # build the index now, so errors surface before training starts
+        warn_replaced(f"data source {source.name!r} ({source.cfg.path})", source.stats.decode_replacements)
     return sources
 
 

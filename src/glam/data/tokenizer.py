@@ -35,19 +35,24 @@ def _sentencepiece():
 class Tokenizer:
     """A SentencePiece ``.model`` file with lossless ``encode``/``decode``.
 
-    Loading a missing, corrupt or wrongly-numbered model raises :class:`DataError`.
+    ``model_proto`` (the serialised model) builds one that is not on disk yet; ``path`` is then where
+    it is meant to go (``save``). Loading a missing, corrupt or wrongly-numbered model raises
+    :class:`DataError`.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, model_proto: bytes | None = None):
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
+        if model_proto is None and not os.path.isfile(self.path):
             raise DataError(
                 f"tokenizer {self.path!r} does not exist; train one with `glam tokenizer train --output "
                 f"{self.path}` or set data.tokenizer='' to train one into the run directory"
             )
         spm = _sentencepiece()
         try:
-            self._sp = spm.SentencePieceProcessor(model_file=self.path)
+            if model_proto is None:
+                self._sp = spm.SentencePieceProcessor(model_file=self.path)
+            else:
+                self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         except (OSError, RuntimeError) as exc:
             raise DataError(
                 f"tokenizer {self.path!r} is not a valid SentencePiece model ({exc}); retrain it with "
@@ -87,6 +92,20 @@ class Tokenizer:
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
 
+    @property
+    def model_proto(self) -> bytes:
+        """The serialised model (the bytes of its ``.model`` file)."""
+        return self._sp.serialized_model_proto()
+
+    def save(self, path: str | None = None) -> None:
+        """Write the model to ``path`` (default: ``self.path``) atomically: a temporary file, then rename."""
+        path = os.fspath(path or self.path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(self.model_proto)
+        os.replace(tmp, path)
+
     def __repr__(self) -> str:
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
@@ -108,19 +127,20 @@ def _training_sentences(docs: Iterable[str], max_chars: int) -> Iterator[str]:
 def train_tokenizer(
     docs: Iterable[str],
     vocab_size: int,
-    out_path: str,
+    out_path: str | None,
     *,
     model_type: str = "unigram",
     max_chars: int = 50_000_000,
     num_threads: int | None = None,
 ) -> Tokenizer:
-    """Train a SentencePiece model on ``docs`` and write it atomically to ``out_path``.
+    """Train a SentencePiece model on ``docs`` and write it atomically to ``out_path`` (None: keep it in
+    memory; ``Tokenizer.save`` writes it later).
 
     Args:
       docs: document texts (a bounded sample: see ``sources.iter_documents``).
       vocab_size: V, including the 4 special ids, 256 byte pieces and newline/tab; the model may end
         up smaller when the text is too small to fill it (``hard_vocab_limit=False``).
-      out_path: the ``.model`` file to write.
+      out_path: the ``.model`` file to write, or None.
       model_type: ``"unigram"`` (the GLaM tokenizer) or ``"bpe"``.
       max_chars: at most this many characters of training text are read from ``docs``.
     """
@@ -162,13 +182,10 @@ def train_tokenizer(
         )
     except RuntimeError as exc:
         raise DataError(f"tokenizer training failed: {exc}; try a smaller vocab_size or more text") from None
-    out_path = os.fspath(out_path)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, out_path)
-    return Tokenizer(out_path)
+    tokenizer = Tokenizer(os.fspath(out_path or "<in memory>"), model_proto=model.getvalue())
+    if out_path is not None:
+        tokenizer.save()
+    return tokenizer
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from glam.evals.tasks import Example, TaskData
+from glam.evals.tasks import Example, Task, TaskData
 
 
 def sample_demonstrations(data: TaskData, example: Example, k: int, seed: int) -> list[Example]:
@@ -32,8 +32,6 @@ def sample_demonstrations(data: TaskData, example: Example, k: int, seed: int) -
     return picks
 
 
-def fewshot_prefix(data: TaskData, example: Example, k: int, seed: int) -> str:
+def fewshot_prefix(task: Task, demos: list[Example]) -> str:
     """The demonstrations joined by the task's separator, ending with one separator (``""`` at zero shots)."""
-    demos = sample_demonstrations(data, example, k, seed)
-    sep = data.task.fewshot_separator
-    return "".join(d.demo + sep for d in demos)
+    return "".join(d.demo + task.fewshot_separator for d in demos)

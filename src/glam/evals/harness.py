@@ -10,18 +10,27 @@
   or token F1 after SQuAD normalisation, max over the gold aliases.
 
 All requests of a task are collected first and sent to the model in chunks.
+
+Few-shot: K demonstrations are drawn per example (:mod:`glam.evals.fewshot`); fewer exist when the pool
+is smaller, and a model with a finite context (``max_length`` and ``count_tokens``, as
+``GLaMLanguageModel`` has) sees only the last ones whole when the prefix is too long (the context is cut
+from the left). Each result row reports the shots actually used (``shots_used``: min, mean, max of the
+whole demonstrations in view), and a warning says so when that is fewer than asked.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from glam.config import EvalConfig
+from glam.errors import GLaMWarning
 from glam.evals import metrics
-from glam.evals.fewshot import fewshot_prefix
+from glam.evals.fewshot import fewshot_prefix, sample_demonstrations
 from glam.evals.model_api import LanguageModel
 from glam.evals.tasks import (
     Example,
@@ -105,15 +114,67 @@ def _score_generations(task: Task, examples: list[Example], generations: list[st
     return {"value": extra[task.metric], "extra": extra, "predictions": preds}
 
 
+def demonstrations_in_view(
+    count: Callable[[str], int], limit: int, task: Task, example: Example, demos: list, reserve: int = 0
+) -> int:
+    """How many of ``demos`` (the last ones) fit whole in ``limit`` tokens (counted by ``count``) before
+    ``example``'s longest request, keeping ``reserve`` tokens free for generation."""
+    room = limit - reserve - max(count(ctx + cont) for ctx, cont in example.requests)
+    used = 0
+    for demo in reversed(demos):
+        room -= count(demo.demo + task.fewshot_separator)
+        if room < 0:
+            break
+        used += 1
+    return used
+
+
+def _shots_used(model: LanguageModel, data: TaskData, demos: list[list], shots: int, reserve: int) -> dict:
+    """``{"min", "mean", "max"}`` whole demonstrations in view per example; warns when fewer than ``shots``.
+    A model without ``count_tokens`` and ``max_length`` has no context limit."""
+    count, limit = getattr(model, "count_tokens", None), getattr(model, "max_length", None)
+    if shots and count is not None and limit is not None:
+        count = functools.lru_cache(maxsize=None)(count)  # the pool's demonstrations recur across examples
+        used = [demonstrations_in_view(count, limit, data.task, ex, d, reserve) for ex, d in zip(data.examples, demos)]
+    else:
+        used = [len(d) for d in demos]
+    summary = {"min": min(used), "mean": sum(used) / len(used), "max": max(used)}
+    if shots and summary["min"] < shots:
+        reasons = []
+        if min(len(d) for d in demos) < shots:
+            reasons.append(f"the few-shot pool holds {len(data.fewshot_pool)} examples")
+        if any(u < len(d) for u, d in zip(used, demos)):
+            reasons.append(f"the model's context ({limit} tokens) holds no more whole ones (the rest is cut)")
+        warnings.warn(
+            f"task {data.task.name}: asked for {shots} shots, used {summary['min']}-{summary['max']} "
+            f"(mean {summary['mean']:.1f}): {' and '.join(reasons)}",
+            GLaMWarning,
+            stacklevel=3,
+        )
+    return summary
+
+
 def run_requests(
     model: LanguageModel, data: TaskData, shots: int, config: EvalConfig, chunk_size: int = 512
 ) -> dict[str, Any]:
-    """Build every request of ``data`` with ``shots`` demonstrations, query ``model``, and score."""
+    """Build every request of ``data`` with ``shots`` demonstrations, query ``model``, and score.
+
+    The returned dict also holds ``shots_used`` (see the module docstring)."""
     task, examples = data.task, data.examples
-    prefixes = [fewshot_prefix(data, ex, shots, config.seed) for ex in examples]
+    demos = [sample_demonstrations(data, ex, shots, config.seed) for ex in examples]
+    max_tokens = task.max_tokens or config.max_decode_tokens
+    reserve = max_tokens + 1 if task.output == "generate" else 0  # a generated prompt also holds bos
+    used = _shots_used(model, data, demos, shots, reserve)
+    scored = _score(model, data, [fewshot_prefix(task, ds) for ds in demos], config, max_tokens, chunk_size)
+    return {**scored, "shots_used": used}
+
+
+def _score(
+    model: LanguageModel, data: TaskData, prefixes: list[str], config: EvalConfig, max_tokens: int, chunk_size: int
+) -> dict[str, Any]:
+    task, examples = data.task, data.examples
     if task.output == "generate":
         contexts = [prefix + ex.requests[0][0] for prefix, ex in zip(prefixes, examples)]
-        max_tokens = task.max_tokens or config.max_decode_tokens
 
         def generate(chunk: list[str]) -> list[str]:
             return model.generate(chunk, max_tokens=max_tokens, stop=list(task.stop), beam_size=config.beam_size)
@@ -150,6 +211,7 @@ def evaluate_task(
         "group": task.group,
         "paper": task.paper,
         "shots": k,
+        "shots_used": scored["shots_used"],
         "metric": task.metric,
         "value": scored["value"],
         "n": len(data.examples),

@@ -1,29 +1,48 @@
 """Perplexity on held-out text files through ``LanguageModel.loglikelihood_rolling``.
 
-A ``.jsonl`` file is a list of documents (field ``text``); any other file is one document.
+A ``.jsonl`` file is a list of documents (field ``text``); any other file is one document. Files are
+read under the text policy of training sources (:mod:`glam.files`): bytes that are not UTF-8 become
+U+FFFD (counted, one warning), a file that is not text is refused, ``.gz``/``.bz2`` are decompressed,
+and a JSONL line that is not a record with a string ``text`` is skipped and counted (one warning), as
+training's default ``data.on_bad_json=skip`` does.
 Reported per file and in total: tokens, nats, nats per token, perplexity, and bits per UTF-8 byte,
 which (unlike per-token numbers) compares models with different tokenizers.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from glam.data.sources import BadRecord, jsonl_text
+from glam.errors import GLaMWarning
 from glam.evals.model_api import LanguageModel
-from glam.evals.readers import open_text
+from glam.files import read_text
 
 
 def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     """The documents of one file: JSON Lines records' ``text_field``, or the whole file."""
     path = Path(path)
-    with open_text(path) as f:
-        if ".jsonl" in path.suffixes:
-            return [json.loads(line)[text_field] for line in f if line.strip()]
-        return [f.read()]
+    text = read_text(str(path))
+    if ".jsonl" not in path.suffixes:
+        return [text]
+    docs, bad = [], 0
+    for line in text.split("\n"):  # not splitlines(): JSON strings may hold U+2028
+        if line.strip():
+            try:
+                docs.append(jsonl_text(line, text_field))
+            except BadRecord:
+                bad += 1
+    if bad:
+        warnings.warn(
+            f"{path}: skipped {bad} line{'s' * (bad != 1)} that are not JSON objects with a string {text_field!r}",
+            GLaMWarning,
+            stacklevel=2,
+        )
+    return docs
 
 
 def _summary(nats: float, tokens: int, num_bytes: int, documents: int) -> dict[str, float | int]:
@@ -39,12 +58,14 @@ def _summary(nats: float, tokens: int, num_bytes: int, documents: int) -> dict[s
     }
 
 
-def evaluate_perplexity(model: LanguageModel, paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Negative log-likelihood of every file under ``model``: ``{"files": {path: summary}, "total": summary}``."""
+def evaluate_perplexity(model: LanguageModel, paths: Sequence[str | Path] | Mapping[str, list[str]]) -> dict[str, Any]:
+    """Negative log-likelihood of every file under ``model``: ``{"files": {path: summary}, "total": summary}``.
+
+    ``paths`` may map each path to its documents already read (``read_documents``: before loading a model)."""
     files: dict[str, Any] = {}
     total = [0.0, 0, 0, 0]
     for path in paths:
-        docs = [d for d in read_documents(path) if d]
+        docs = [d for d in (paths[path] if isinstance(paths, Mapping) else read_documents(path)) if d]
         scored = model.loglikelihood_rolling(docs) if docs else []
         nats = -sum(ll for ll, _ in scored)
         tokens = sum(n for _, n in scored)

@@ -5,19 +5,22 @@ TSV, and a few registered functions flatten formats that nest examples (SuperGLU
 SQuAD, DROP, CoQA, QuAC, RACE) or are not key-value at all (HellaSwag's six-line text file). Readers
 add two optional bookkeeping keys: ``_doc`` (examples sharing it come from one source document and
 are never each other's few-shot demonstrations) and ``_group`` (MultiRC: the question an answer
-option belongs to). Compressed files (``.bz2``, ``.gz``) are opened transparently.
+option belongs to). Files are read under glam's text policy (:mod:`glam.files`): compressed files
+(``.bz2``, ``.gz``) are opened transparently, bytes that are not UTF-8 become U+FFFD (counted, one
+warning), and a file that is not text is refused.
 """
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
+import io
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+from glam.files import read_text
 
 Record = dict[str, Any]
 Reader = Callable[..., list[Record]]
@@ -35,12 +38,8 @@ def register_reader(name: str) -> Callable[[Reader], Reader]:
 
 
 def open_text(path: Path) -> TextIO:
-    """Open a text file, decompressing ``.bz2`` / ``.gz`` by extension."""
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8", newline="")
+    """A text file as a stream (decompressed by extension), read under glam's text policy."""
+    return io.StringIO(read_text(str(path)), newline="")
 
 
 def _load_json(path: Path) -> Any:

@@ -7,7 +7,6 @@ SuperGLUE and NLI. Values are fractions in [0, 1]; the table shows them as perce
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from glam import jsonsafe
 
 GROUP_TITLES = {
     "open_domain_qa": "Open-domain QA",
@@ -42,9 +43,12 @@ def results_table(results: dict[str, Any]) -> Table:
     for column in ("task", "shots", "metric", "value", "n", "few-shot source"):
         table.add_column(column, justify="right" if column in ("shots", "value", "n") else "left")
     for row in results["tasks"].values():
+        shots, used = str(row["shots"]), row.get("shots_used")
+        if used and used["min"] < row["shots"]:  # fewer demonstrations than asked (pool or context too small)
+            shots += f" ({used['min']}-{used['max']} used)"
         table.add_row(
             row["task"],
-            str(row["shots"]),
+            shots,
             row["metric"],
             f"{100 * row['value']:.1f}",
             str(row["n"]),
@@ -79,8 +83,7 @@ def write_json(results: dict[str, Any], path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(jsonsafe.dumps(results, indent=2) + "\n")  # NaN → null: valid JSON
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from glam.errors import GLaMError, TaskError
 from glam.evals import template
 from glam.evals.readers import READERS
+from glam.files import load_yaml_file
 
 TASK_DIR = Path(__file__).parent / "tasks"
 DATA_ENV = "GLAM_TASK_DATA"
@@ -38,10 +38,6 @@ KNOWN_KEYS = {
 }  # fmt: skip
 DATA_KEYS = {"path", "reader", "reader_args", "fewshot_path", "url"}
 READER_BY_SUFFIX = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
-
-
-class TaskError(ValueError):
-    """A task file that cannot be used, or task data that cannot be found: the message says how to fix it."""
 
 
 class TaskDataError(TaskError):
@@ -229,14 +225,7 @@ def parse_task(spec: Any, source: str) -> Task:
 
 def load_task_file(path: str | Path) -> Task:
     """Parse one task YAML file."""
-    path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TaskError(f"task file {path} does not exist; check the path") from None
-    except yaml.YAMLError as exc:
-        raise TaskError(f"task file {path}: not valid YAML ({exc}); fix the syntax") from None
-    return parse_task(spec, str(path))
+    return parse_task(load_yaml_file(str(path), "task file", TaskError), str(path))
 
 
 def list_tasks(task_dirs: tuple[str | Path, ...] = ()) -> list[str]:
@@ -287,6 +276,8 @@ def _read(task: Task, files: list[Path]) -> list[dict]:
     for path in files:
         try:
             rows = READERS[task.reader](path, **task.reader_args)
+        except GLaMError:
+            raise  # already one line naming the file (e.g. it is not text)
         except (KeyError, ValueError, TypeError) as exc:
             raise TaskError(f"task {task.name}: cannot read {path} with reader '{task.reader}': {exc!r}") from None
         for i, row in enumerate(rows):

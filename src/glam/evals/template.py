@@ -11,11 +11,13 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from glam.errors import GLaMError
+
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
-class TemplateError(ValueError):
+class TemplateError(GLaMError):
     """A malformed template or a placeholder naming a field the record lacks."""
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from glam.config import GLaMConfig
+from glam.errors import GLaMError
 from glam.inference.beam import BeamSearch, beam_search
 from glam.inference.decode import check_prompt_fits, left_pad, sample_stream
 from glam.inference.sampling import GREEDY, Sampler
@@ -126,6 +127,8 @@ def stream_generate(
 
     Raises GLaMError (before any work) when a prompt plus ``max_tokens`` exceeds model.max_seq_len.
     """
+    if batch_size is not None and batch_size < 1:
+        raise GLaMError(f"batch_size={batch_size}: decode at least 1 prompt at a time")
     ids = encode_prompts(tokenizer, prompts)
     for i, p in enumerate(ids):
         check_prompt_fits(len(p), max_tokens, cfg.model.max_seq_len, i)

@@ -43,6 +43,14 @@ class GLaMLanguageModel:
         self.length_penalty = length_penalty
         self.rolling_stride = rolling_stride
 
+    @property
+    def max_length(self) -> int:
+        """Tokens of context and continuation one forward pass sees (the harness fits few-shot prefixes to it)."""
+        return self.cfg.model.max_seq_len
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         spaces = len(context) - len(context.rstrip(" "))
         if spaces:

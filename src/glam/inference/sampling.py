@@ -8,6 +8,7 @@ decode step; a :class:`Sampler` is a frozen dataclass and therefore a static (ha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -31,8 +32,8 @@ class Sampler:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise GLaMError(f"temperature={self.temperature}: use 0 for greedy decoding or a value > 0 to sample")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise GLaMError(f"temperature={self.temperature}: use 0 for greedy decoding or a finite value > 0")
         if self.top_k < 0:
             raise GLaMError(f"top_k={self.top_k}: use 0 to turn top-k off or a positive number of tokens")
         if not 0 < self.top_p <= 1:

@@ -8,24 +8,33 @@ and checkpoints (``checkpoint.every``); everything else is dispatched asynchrono
 Re-running on the same run directory resumes from its latest checkpoint: parameters, optimizer state,
 step, RNG and data pipeline state, so the continued run equals an uninterrupted one step for step.
 With ``train.rollback`` a loss spike or a streak of non-finite steps restores the last checkpoint
-and trains on from the batches after the offending window (paper §5).
+and trains on from the batches after the offending window (paper §5); without it, a streak of
+``train.max_nonfinite_streak`` skipped updates stops the run (every later update would be skipped too).
+
+Run safety (docs/robustness.md, "Run safety"): one trainer per run directory (``RunLock``); every
+check runs before anything is written into the run directory; an unreadable newest checkpoint is
+moved aside and the previous one restored; a failed save stops the run at the next step boundary;
+the first SIGINT/SIGTERM saves a checkpoint and stops (``StopSignals``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import time
 
 import jax
 import numpy as np
 
-from glam.checkpoint.inference import save_tokenizer
-from glam.checkpoint.manager import Checkpointer, check_run_dir, prepare_run_dir
+from glam.checkpoint.lock import RunLock
+from glam.checkpoint.manager import Checkpointer, check_checkpoint_config, check_run_dir, prepare_run_dir
 from glam.config import GLaMConfig
-from glam.data.pipeline import DataPipeline, build_pipeline
+from glam.data.pipeline import DataPipeline, build_pipeline, save_run_tokenizer
 from glam.errors import GLaMError
 from glam.model.flops import model_size
 from glam.sharding.mesh import initialize_distributed, make_mesh
+from glam.train.interrupt import StopSignals
 from glam.train.metrics import MetricsWriter, Progress, measure_peak_flops, summarize, trim_metrics
 from glam.train.rollback import SpikeGuard
 from glam.train.state import TrainState, abstract_state, create_train_state
@@ -41,6 +50,7 @@ class Run:
     pipeline: DataPipeline
     checkpointer: Checkpointer
     writer: MetricsWriter
+    progress: Progress
     heldout: dict  # source name → list of global batches
 
     def save(self, state: TrainState) -> None:
@@ -49,6 +59,15 @@ class Run:
     def restore(self, step: int | None = None) -> tuple[TrainState, dict]:
         return self.checkpointer.restore(abstract_state(self.cfg, self.mesh), step)
 
+    def close(self) -> None:
+        """Wait for the last save and close the writers (all of them, also when one fails)."""
+        try:
+            self.checkpointer.close()
+        finally:
+            self.progress.close()
+            self.writer.close()
+            self.pipeline.close()
+
 
 def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
     """Join the job, build the mesh and the data, and restore the latest checkpoint or initialise."""
@@ -56,29 +75,43 @@ def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     initialize_distributed(cfg.mesh)
     mesh = make_mesh(cfg)
+    main = jax.process_index() == 0
     # Bad input (another run's directory, a missing or empty source, a tokenizer that does not fit the
-    # model, a damaged checkpoint) is reported before anything is written into the run directory.
+    # model or was made from other data) is reported before anything is written into the run directory.
     check_run_dir(cfg, run_dir)
-    pipeline = build_pipeline(cfg, run_dir)  # trains a tokenizer into run_dir if data.tokenizer is unset
+    pipeline = build_pipeline(cfg, run_dir)  # a tokenizer it trains stays in memory until saved below
     heldout = {
         s.name: [shard_batch(b, mesh) for b in pipeline.heldout_batches(s.name, cfg.train.eval_batches)]
         for s in pipeline.sources
     }
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep, writer=True)
-    latest = checkpointer.latest_step()
-    if latest is None:
+
+    def read(step: int) -> tuple[TrainState, dict]:
+        check_checkpoint_config(cfg, checkpointer, step)  # the checkpoint's own config, not config.yaml
+        return checkpointer.restore(abstract_state(cfg, mesh), step)
+
+    log = (lambda message: print(message, flush=True)) if main else (lambda message: None)
+    try:
+        latest, restored = checkpointer.newest_readable(read, checkpointer.all_steps(), log)
+    except BaseException:
+        checkpointer.close()
+        pipeline.close()
+        raise
+    if restored is None:
         state = create_train_state(cfg, mesh)
     else:
-        state, data_state = checkpointer.restore(abstract_state(cfg, mesh), latest)
+        state, data_state = restored
         pipeline.load_state_dict(data_state)
-        if jax.process_index() == 0:
-            print(f"resumed from checkpoint {latest} in {run_dir}", flush=True)
+        log(f"resumed from checkpoint {latest} in {run_dir}")
     prepare_run_dir(cfg, run_dir)  # the config is (re)written once the state is in hand
-    save_tokenizer(cfg, run_dir)
-    if jax.process_index() == 0:
-        trim_metrics(run_dir, latest or 0)  # records a killed process wrote after its last checkpoint
-    writer = MetricsWriter(run_dir, enabled=jax.process_index() == 0)
-    return Run(cfg, mesh, pipeline, checkpointer, writer, heldout), state
+    if main:
+        save_run_tokenizer(cfg, pipeline.tokenizer, run_dir)
+        dropped = trim_metrics(run_dir, latest or 0)  # records a killed process wrote after its last checkpoint
+        if dropped:
+            log(f"{run_dir}/metrics.jsonl: dropped {dropped} damaged line{'s' * (dropped > 1)} (not JSON records)")
+    writer = MetricsWriter(run_dir, enabled=main)
+    progress = Progress(cfg.train.steps, latest or 0, enabled=main)
+    return Run(cfg, mesh, pipeline, checkpointer, writer, progress, heldout), state
 
 
 def evaluate(run: Run, eval_step, params: dict, step: int) -> dict:
@@ -110,15 +143,51 @@ def roll_back(run: Run, reason: str, step: int, rollbacks: int) -> tuple[TrainSt
     return state, latest
 
 
+def stop_nonfinite(run: Run, reason: str, step: int) -> None:
+    """A streak of skipped updates without rollback: every further step would be skipped too."""
+    latest = run.checkpointer.latest_step()
+    last = f"the last checkpoint is step {latest}" if latest is not None else "no checkpoint was written"
+    raise GLaMError(
+        f"step {step}: {reason} (train.max_nonfinite_streak={run.cfg.train.max_nonfinite_streak}), so those "
+        f"updates were skipped; stopping ({last}). Lower optim.lr_scale, or set train.rollback=true to go "
+        "back to the last checkpoint and skip these batches"
+    )
+
+
 def train(cfg: GLaMConfig, run_dir: str) -> dict:
-    """Train ``cfg`` in ``run_dir`` up to ``train.steps`` (resuming if it has checkpoints); returns a summary."""
-    t = cfg.train
-    run, state = start_run(cfg, run_dir)
+    """Train ``cfg`` in ``run_dir`` up to ``train.steps`` (resuming if it has checkpoints); returns a summary.
+
+    The run directory is locked for the whole run (``glam.checkpoint.lock``; process 0 of a job). A
+    first SIGINT/SIGTERM saves a checkpoint after the current step and returns early, with the
+    signal's name in ``summary["interrupted"]`` (``glam.train.interrupt``).
+    """
+    with RunLock(run_dir, enabled=cfg.mesh.process_id == 0):
+        run, state = start_run(cfg, run_dir)
+        try:
+            with StopSignals() as stop:
+                summary = train_loop(run, state, stop)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error in flight is the one to report
+                run.close()
+            raise
+        run.close()  # waits for the last asynchronous save
+    if stop.name and jax.process_index() == 0:
+        print(
+            f"stopped by {stop.name} after step {summary['step']}: checkpoint {summary['step']} is saved in "
+            f"{run_dir}; re-run the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"run_dir": run_dir, "is_main": jax.process_index() == 0, **summary}
+
+
+def train_loop(run: Run, state: TrainState, stop: StopSignals) -> dict:
+    """Steps from ``state.step`` to ``train.steps`` (see ``train``); returns the summary's numbers."""
+    cfg, t, progress = run.cfg, run.cfg.train, run.progress
     train_step, eval_step = make_train_step(cfg, run.mesh), make_eval_step(cfg, run.mesh)
     step = start = int(state.step)
     flops_per_token = model_size(cfg).flops_per_token_train
     peak = t.peak_flops or measure_peak_flops()
-    progress = Progress(t.steps, start, enabled=jax.process_index() == 0)
     guard, rollbacks, window, last, last_eval = SpikeGuard(t), 0, [], {}, {}
     if start == 0 and t.steps > 0:
         last_eval = evaluate(run, eval_step, state.params, 0)
@@ -134,7 +203,8 @@ def train(cfg: GLaMConfig, run_dir: str) -> dict:
         else:
             timed_steps += 1
         at_checkpoint = step % cfg.checkpoint.every == 0 or step == t.steps
-        if step % t.log_every == 0 or at_checkpoint:
+        at_log = step % t.log_every == 0 or at_checkpoint
+        if at_log:
             host = jax.device_get(window)
             seconds = time.perf_counter() - clock
             last = summarize(host, seconds, timed_steps, t.batch_size * t.seq_len, flops_per_token, peak, run.mesh.size)
@@ -146,17 +216,13 @@ def train(cfg: GLaMConfig, run_dir: str) -> dict:
             if reason and t.rollback:
                 state, to_step = roll_back(run, reason, step, rollbacks)
                 rollbacks += 1
-                record = {
-                    "kind": "rollback",
-                    "step": step,
-                    "to_step": to_step,
-                    "reason": reason,
-                    "rollbacks": rollbacks,
-                }
-                run.writer.write(record)
+                record = {"kind": "rollback", "step": step, "to_step": to_step, "reason": reason}
+                run.writer.write({**record, "rollbacks": rollbacks})
                 step = to_step
                 guard.reset_streak()
                 continue
+            if reason and guard.streak >= t.max_nonfinite_streak:
+                stop_nonfinite(run, reason, step)
             if reason and jax.process_index() == 0:
                 print(f"step {step}: {reason} (train.rollback is off: continuing)", flush=True)
         if step % t.eval_every == 0 or step == t.steps:
@@ -165,15 +231,16 @@ def train(cfg: GLaMConfig, run_dir: str) -> dict:
             progress.update(step, last_eval)
         if at_checkpoint:
             run.save(state)
-    run.checkpointer.close()  # waits for the last asynchronous save
-    progress.close()
-    run.writer.close()
-    run.pipeline.close()
+        run.checkpointer.check()  # a failed save stops the run here, not some steps later
+        if stop.requested(sync=at_log):
+            if not at_checkpoint:
+                run.save(state)
+            run.checkpointer.wait()
+            break
     return {
-        "run_dir": run_dir,
-        "is_main": jax.process_index() == 0,
         "start_step": start,
         "step": step,
+        "interrupted": stop.name,
         "loss": last.get("loss"),
         "heldout": {k: v for k, v in last_eval.items() if k.startswith("heldout/")},
         "skipped_steps": int(jax.device_get(state.skipped_steps)),

@@ -12,7 +12,10 @@ synchronisation). ``summarize`` turns the window into one record:
   and ``expert_load`` [P][E] for ``glam plot``'s heat map.
 
 Only process 0 writes. ``metrics.jsonl`` holds one JSON object per record: ``kind`` ("train" or
-"eval"), ``step``, and for train records at least ``loss``, ``lr``, ``tokens_per_sec``.
+"eval"), ``step``, and for train records at least ``loss``, ``lr``, ``tokens_per_sec``; a value that
+is not finite (a diverged loss) is written as ``null``. Readers skip and count lines that are not
+JSON records (a torn last line after a crash, a damaged line), so one bad line never blocks a resume
+or ``glam plot``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from glam import jsonsafe
 
 METRICS_FILE = "metrics.jsonl"
 SCALARS = ("loss", "ce_loss", "aux_loss", "z_loss", "grad_norm")
@@ -109,7 +114,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(jsonsafe.dumps(record) + "\n")
         prefix = "train/" if record.get("kind") == "train" else ""
         for key, value in record.items():
             if key not in ("kind", "step") and isinstance(value, (int, float)):
@@ -121,42 +126,61 @@ class MetricsWriter:
             self.tb.close()
 
 
-def _parse(lines: list[str]) -> list[dict]:
-    """JSON records of metrics lines; a torn last line (the writer was killed mid-write) is dropped."""
-    records = []
-    for i, line in enumerate(lines):
+def _parse(lines: list[str]) -> tuple[list[tuple[str, dict]], int]:
+    """(line, record) pairs of the lines that are JSON records, and the number of lines that are not.
+
+    A torn last line (the writer was killed mid-write) is normal for an append-only log; a line
+    damaged otherwise (a disk error, an edit) must not make the rest unreadable either.
+    """
+    records, bad = [], 0
+    for line in lines:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if i < len(lines) - 1 or line.endswith("\n"):
-                raise
-    return records
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append((line, record))
+        else:
+            bad += 1
+    return records, bad
 
 
-def trim_metrics(run_dir: str, step: int) -> None:
+def _lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:  # a damaged byte spoils one line, not the file
+        return [line for line in f if line.strip()]
+
+
+def trim_metrics(run_dir: str, step: int) -> int:
     """Keep only the records of steps up to ``step``, the checkpoint a run resumes from (none when it
     starts at 0): a process killed after that checkpoint may have logged later steps, or half a line,
-    and the resumed run logs those steps again. The file is replaced atomically."""
+    and the resumed run logs those steps again. Lines that are not JSON records are dropped too.
+    The file is replaced atomically. Returns the number of such lines dropped, a torn last line aside."""
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    records = _parse(lines)  # without a torn last line
-    kept = [line.rstrip("\n") + "\n" for line, r in zip(lines, records) if step > 0 and r["step"] <= step]
+        return 0
+    lines = _lines(path)
+    records, bad = _parse(lines)
+    torn = int(bool(lines) and not lines[-1].endswith("\n") and _parse(lines[-1:])[1] == 1)
+    kept = [line.rstrip("\n") + "\n" for line, r in records if step > 0 and r["step"] <= step]
     if kept != lines:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
+    return bad - torn
+
+
+def load_metrics(run_dir: str) -> tuple[list[dict], int]:
+    """(records of ``RUN/metrics.jsonl``, number of lines skipped because they are not JSON records)."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return [], 0
+    records, bad = _parse(_lines(path))
+    return [r for _, r in records], bad
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """The records of ``RUN/metrics.jsonl`` (empty if there are none yet)."""
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return _parse([line for line in f if line.strip()])
+    """The records of ``RUN/metrics.jsonl`` (empty if there are none yet; damaged lines skipped)."""
+    return load_metrics(run_dir)[0]
 
 
 class Progress:

@@ -8,7 +8,8 @@ offending window of batches is never trained on.
 
 A spike is a logged window loss above ``train.spike_factor`` × the running mean of the previous
 healthy windows (an exponential moving average that starts after ``WARMUP_RECORDS`` records). A
-streak is ``train.max_nonfinite_streak`` consecutive steps with non-finite gradients.
+streak is ``train.max_nonfinite_streak`` consecutive steps whose update was skipped (a non-finite loss,
+gradient or update).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class SpikeGuard:
         for ok in finite:
             self.streak = 0 if ok else self.streak + 1
             if self.streak >= self.train.max_nonfinite_streak:
-                return f"{self.streak} consecutive steps with non-finite gradients"
+                return f"{self.streak} consecutive steps with a non-finite loss, gradient or update"
         healthy = losses[finite]
         if healthy.size == 0:
             return None

@@ -3,7 +3,7 @@
 - Gradient accumulation: the global batch [B, S] is split into ``train.grad_accum`` micro-batches
   [B/A, S] that a ``lax.scan`` runs in turn; the gradient is the mean of the micro-batch gradients.
 - Precision: fp32 weights; activations in ``model.activation_dtype`` (bf16 in the paper, §5).
-- Stability (paper §5): when the gradient norm or the loss is not finite, the update is skipped:
+- Stability (paper §5): when the gradient norm, the loss or the update is not finite, the update is skipped:
   parameters and optimizer state are returned unchanged (bit for bit) and ``skipped_steps`` grows.
 - Randomness: step t uses ``fold_in(state.rng, t)``; micro-batch a folds in a as well.
 """
@@ -70,8 +70,9 @@ def _train_step(cfg: GLaMConfig, mesh: Mesh, optimizer: optax.GradientTransforma
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl="threefry2x32"), state.step)
         grads, metrics = accumulate_gradients(cfg, state.params, batch, rng)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        # Finite gradients can still make a non-finite update (an infinite learning rate): skip those too.
+        finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(updates))
         params = optax.apply_updates(state.params, updates)
         if cfg.train.skip_nonfinite:
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
