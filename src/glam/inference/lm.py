@@ -105,11 +105,7 @@ class GLaMLanguageModel:
 
 def load_language_model(run_dir: str, step: int | None = None, **kwargs) -> GLaMLanguageModel:
     """The model of a training run directory (latest checkpoint unless ``step``), ready for evaluation."""
-    try:
-        from glam.checkpoint import load_for_inference
-    except ImportError as exc:
-        if exc.name != "glam.checkpoint":
-            raise
-        raise GLaMError(f"this installation cannot load checkpoints yet ({exc}); update glam") from None
+    from glam.checkpoint import load_for_inference
+
     cfg, params, tokenizer = load_for_inference(run_dir, step=step)
     return GLaMLanguageModel(cfg, params, tokenizer, **kwargs)

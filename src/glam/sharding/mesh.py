@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -101,13 +99,3 @@ def abstract_mesh(data: int, model: int, cfg: GLaMConfig | None = None) -> Mesh:
             f"set XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts (glam plan does this)"
         )
     return _grid(cfg, devices[:n], data, model)
-
-
-def data_size(mesh: Mesh) -> int:
-    """The full data-parallel extent (mesh.data of the config)."""
-    return mesh.shape["data"] * mesh.shape.get("data_inner", 1)
-
-
-def num_groups_for(batch_tokens: int, group_size: int, seq_len: int) -> int:
-    gs = group_size or seq_len
-    return math.ceil(batch_tokens / gs)

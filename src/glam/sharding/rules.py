@@ -48,12 +48,10 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     "act_length": None,
     "act_embed": "model",
     "act_heads": "model",
-    "act_kv_length": None,
     "act_mlp": "model",
     "act_vocab": "model",
     "act_group": DATA,  # routing groups G: each data shard routes its own tokens
     "act_expert": "data",  # dispatched [E, G, C, M]: the all-to-all moves tokens to their expert's devices
-    "act_capacity": None,
     "act_group_inner": "data_inner",  # after the all-to-all, groups stay split over an expert's devices
 }
 
