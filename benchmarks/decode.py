@@ -71,12 +71,19 @@ def prefill_timer(cfg, params, batch: int, length: int) -> Callable[[], float]:
     return seconds
 
 
+def cast(params: dict, dtype: str) -> dict:
+    """The float parameters stored in ``dtype`` (bfloat16: half the bytes a step reads)."""
+    if dtype == "float32":
+        return params
+    return jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, params)
+
+
 def run(args) -> dict:
     # --experts E...: the first preset again with E experts, before the baseline (the last preset)
     variants = {f"{args.presets[0]}@E={e}": [*args.set, f"moe.num_experts={e}"] for e in args.experts}
     names = [*args.presets[:-1], *variants, args.presets[-1]]
     cfgs = {name: resolve(name.split("@")[0], variants.get(name, args.set)) for name in names}
-    params = {name: init_params(cfg, jax.random.key(0)) for name, cfg in cfgs.items()}
+    params = {name: cast(init_params(cfg, jax.random.key(0)), args.param_dtype) for name, cfg in cfgs.items()}
     cases = [("decode", b, args.tokens) for b in args.batch] + [("prefill", args.prefill_batch, args.prefill_len)]
     timers = {}
     for phase, batch, n in cases:
@@ -111,6 +118,12 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "tiny-dense"], help="the last one is the baseline")
     p.add_argument("--set", nargs="*", default=[], help="dotted overrides for every preset")
     p.add_argument("--experts", type=int, nargs="*", default=[], help="add the first preset with these E")
+    p.add_argument(
+        "--param-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="store the parameters in this dtype (with --set model.activation_dtype=bfloat16)",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="decode batch sizes")
     p.add_argument("--prompt", type=int, default=32, help="prompt tokens before the decode steps")
     p.add_argument("--tokens", type=int, default=64, help="decode steps timed")
