@@ -42,6 +42,16 @@ def test_info_dense_has_zero_experts(capsys):
     assert d["num_experts"] == 0 and d["params_total"] == d["params_activated"]
 
 
+def test_info_layout_names_the_layers_of_each_kind(capsys):
+    for layers, moe, dense in ((4, "0, 2", "1, 3"), (12, "0, 2, ..., 10", "1, 3, ..., 11")):
+        assert main(["info", "tiny", f"model.num_layers={layers}", "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert [(x["layers"], x["count"]) for x in d["layout"]] == [(moe, layers // 2), (dense, layers // 2)]
+    assert main(["info", "dense-8b", "--json"]) == 0
+    (only,) = json.loads(capsys.readouterr().out)["layout"]
+    assert only == {"layers": "0, 1, ..., 31", "count": 32, "ffn": "dense gated-GELU"}
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

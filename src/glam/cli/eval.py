@@ -58,15 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_perplexity)
 
 
-def eval_config(args: argparse.Namespace) -> EvalConfig:
-    """The run's saved ``eval`` settings (if any) with the command-line overrides applied."""
-    config = EvalConfig()
-    if (Path(args.checkpoint) / "config.yaml").exists():
-        from glam.checkpoint.manager import read_config
-
-        config = read_config(args.checkpoint).eval
+def eval_config(args: argparse.Namespace, saved: EvalConfig) -> EvalConfig:
+    """The run's ``eval`` settings (``saved``: from the checkpoint's own config) with the flags applied."""
     overrides = {"beam_size": args.beam_size, "max_decode_tokens": args.max_tokens, "seed": args.seed}
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from glam.inference import load_language_model
 
     console = Console(stderr=True)
-    config = eval_config(args)
     names = resolve_task_names(args.tasks, args.data_root, tuple(args.task_dir))  # fail before loading the model
     model = load_language_model(args.checkpoint)
+    cfg = getattr(model, "cfg", None)  # a glam checkpoint's own config (another LanguageModel has none)
+    config = eval_config(args, cfg.eval if cfg is not None else EvalConfig())
     results = evaluate(
         model,
         names,

@@ -13,6 +13,14 @@ from glam.model.flops import model_size
 from glam.presets import PAPER_FIGURES
 
 
+def _every(start: int, stride: int, stop: int) -> str:
+    """Layer indices start, start + stride, ... below stop: all of them when few, else elided."""
+    ids = range(start, stop, stride)
+    if len(ids) <= 4:
+        return ", ".join(map(str, ids))
+    return f"{ids[0]}, {ids[1]}, ..., {ids[-1]}"
+
+
 def info(cfg: GLaMConfig) -> dict:
     """Everything ``glam info`` reports, as a JSON-ready dict (counted from real shapes)."""
     size = model_size(cfg)
@@ -22,11 +30,11 @@ def info(cfg: GLaMConfig) -> dict:
     # One entry per kind of layer (not per layer: L may be anything the config accepts).
     if cfg.is_moe:
         layout = [
-            {"layers": f"0, 2, ..., {L - 2}", "count": L // 2, "ffn": f"moe({E} experts, top-2)"},
-            {"layers": f"1, 3, ..., {L - 1}", "count": L // 2, "ffn": "dense gated-GELU"},
+            {"layers": _every(0, 2, L), "count": L // 2, "ffn": f"moe({E} experts, top-2)"},
+            {"layers": _every(1, 2, L), "count": L // 2, "ffn": "dense gated-GELU"},
         ]
     else:
-        layout = [{"layers": f"0, 1, ..., {L - 1}", "count": L, "ffn": "dense gated-GELU"}]
+        layout = [{"layers": _every(0, 1, L), "count": L, "ffn": "dense gated-GELU"}]
     mesh_note = ""
     if cfg.is_moe and E & (E - 1):  # device counts are powers of two; E is split over mesh.data
         mesh_note = (
