@@ -101,6 +101,22 @@ def test_language_model_adapter(model):
     assert [o.text for o in outs] == [e.text for e in events] == texts
 
 
+def test_language_model_samples_with_a_sampler(model):
+    cfg, params, tok = model
+    lm = GLaMLanguageModel(cfg, params, tok, batch_size=1)
+    [greedy] = generate(cfg, params, tok, ["The lazy dog"], max_tokens=8)
+    # Top-1 of the tempered distribution is its argmax: the sampling path gives the greedy text.
+    assert lm.generate(["The lazy dog"], max_tokens=8, stop=[], beam_size=1, temperature=0.7, top_k=1) == [greedy.text]
+    # The settings and the seed reach the Sampler: the same draw as generate() with them.
+    sampled = lm.generate(["The lazy dog"], max_tokens=8, stop=[], beam_size=1, temperature=1.0, top_k=5, seed=3)
+    [out] = generate(cfg, params, tok, ["The lazy dog"], max_tokens=8, sampler=Sampler(1.0, top_k=5), seed=3)
+    assert sampled == [out.text]
+    with pytest.raises(GLaMError, match="asks for sampling but beam_size=2"):
+        lm.generate(["The quick"], max_tokens=6, stop=[], beam_size=2, temperature=1.0)
+    with pytest.raises(GLaMError, match="set a temperature > 0"):
+        lm.generate(["The quick"], max_tokens=6, stop=[], beam_size=1, top_p=0.5)
+
+
 @pytest.fixture
 def fake_checkpoint(model, monkeypatch):
     """A stand-in ``glam.checkpoint`` whose ``load_for_inference`` returns the test model."""

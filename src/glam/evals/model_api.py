@@ -28,9 +28,26 @@ class LanguageModel(Protocol):
         """Whole-text log-likelihood (nats) and token count for each text, for perplexity."""
         ...
 
-    def generate(self, contexts: list[str], *, max_tokens: int, stop: list[str], beam_size: int) -> list[str]:
+    def generate(
+        self,
+        contexts: list[str],
+        *,
+        max_tokens: int,
+        stop: list[str],
+        beam_size: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+    ) -> list[str]:
         """Continuation text for each context, cut before the first stop string.
 
         ``beam_size > 1`` asks for beam search (the paper decodes generation tasks with width 4).
+        ``temperature > 0`` asks for sampling (with ``beam_size=1``), filtered by ``top_k`` (0 = off) and
+        ``top_p`` (1.0 = off) and deterministic in ``seed``; ``temperature=0`` is greedy.
+
+        The sampling keywords are optional for a model: the harness never passes them (the paper decodes
+        greedily or by beam search), and a caller that samples (the lm-eval adapter) checks that
+        ``generate`` accepts ``temperature`` first and otherwise refuses with a clear error.
         """
         ...

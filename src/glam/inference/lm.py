@@ -6,7 +6,8 @@ Strings in, numbers and strings out; tokenisation happens here:
   where ``encode(context)`` ends inside ``encode(context + continuation)`` (lm-evaluation-harness's
   rule), so the continuation is scored with the tokenisation the model would see for the whole text.
 - ``generate``: a context too long for model.max_seq_len − max_tokens loses tokens from the left (the
-  usual harness behaviour) instead of failing; greedy for ``beam_size=1``, beam search otherwise.
+  usual harness behaviour) instead of failing; greedy for ``beam_size=1``, beam search otherwise, and
+  sampling (a :class:`~glam.inference.Sampler`, seeded) when asked with ``temperature > 0``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from glam.errors import GLaMError
 from glam.inference import scoring
 from glam.inference.beam import BeamSearch
 from glam.inference.generate import generate
-from glam.inference.sampling import GREEDY
+from glam.inference.sampling import Sampler
 
 
 class GLaMLanguageModel:
@@ -77,7 +78,25 @@ class GLaMLanguageModel:
             stride=self.rolling_stride,
         )
 
-    def generate(self, contexts: list[str], *, max_tokens: int, stop: list[str], beam_size: int) -> list[str]:
+    def generate(
+        self,
+        contexts: list[str],
+        *,
+        max_tokens: int,
+        stop: list[str],
+        beam_size: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+    ) -> list[str]:
+        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p)  # checks the values (GLaMError)
+        if beam_size > 1:
+            if not sampler.greedy:
+                raise GLaMError(
+                    f"temperature={temperature} asks for sampling but beam_size={beam_size} for beam search; use one"
+                )
+            sampler = BeamSearch(beam_size, self.length_penalty)
         room = self.cfg.model.max_seq_len - max_tokens
         if room < 1:
             raise GLaMError(
@@ -86,7 +105,6 @@ class GLaMLanguageModel:
             )
         prompts = [[self.tokenizer.bos_id, *self.tokenizer.encode(c)][-room:] for c in contexts]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths batch together
-        sampler = BeamSearch(beam_size, self.length_penalty) if beam_size > 1 else GREEDY
         outs = generate(
             self.cfg,
             self.params,
@@ -95,6 +113,7 @@ class GLaMLanguageModel:
             max_tokens=max_tokens,
             sampler=sampler,
             stop=stop,
+            seed=seed,
             batch_size=self.batch_size,
         )
         texts = [""] * len(contexts)
