@@ -7,7 +7,7 @@ import pytest
 
 import glam.inference
 from glam.cli import eval as eval_cli
-from glam.evals import TaskError
+from glam.evals import TaskDataError, TaskError
 from glam.evals.testing import CharLanguageModel
 
 
@@ -45,9 +45,12 @@ def test_eval_command_writes_json(parser, tmp_path, capsys):
 
 
 def test_eval_command_errors(parser, tmp_path):
-    args = parser.parse_args(["eval", "--checkpoint", "r", "--tasks", "copa", "--data-root", str(tmp_path)])
-    with pytest.raises(TaskError, match="data not found"):
+    (tmp_path / "copa").mkdir()
+    (tmp_path / "copa/val.jsonl").write_text("")
+    args = parser.parse_args(["eval", "--checkpoint", "r", "--tasks", "copa,piqa", "--data-root", str(tmp_path)])
+    with pytest.raises(TaskDataError, match=r"task piqa: data not found at .*piqa/llmfoundry_piqa\.jsonl"):
         args.func(args)
+    assert parser.loaded == []  # the missing data is reported before the (slow) checkpoint load
     args = parser.parse_args(["eval", "--checkpoint", "r", "--tasks", "bogus"])
     with pytest.raises(TaskError, match="unknown task 'bogus'"):
         args.func(args)

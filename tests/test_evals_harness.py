@@ -68,6 +68,17 @@ def test_length_normalisation_changes_the_pick(tmp_path):
     assert model.requests[:2] == [("Q: Which pet?\nA:", " cat"), ("Q: Which pet?\nA:", " big dog")]
 
 
+def test_acc_norm_is_lm_evals_per_char_without_the_delimiter(tmp_path):
+    # " a": -1.0; " bbbb": -3.0 (gold). acc_norm (lm-eval) divides by len(option): -1/1 = -1.0 < -3/4 = -0.75,
+    # so bbbb wins; per_char divides by len(" " + option): -1/2 = -0.5 > -3/5 = -0.6, so a wins; none: a wins.
+    write_jsonl(tmp_path / "pets/val.jsonl", [{"q": "Which?", "choices": ["a", "bbbb"], "gold": 1}])
+    model = ScriptedModel(scores={"a": (-1.0, 1), "bbbb": (-3.0, 4)})
+    for normalization, expected in (("acc_norm", 1.0), ("per_char", 0.0), ("none", 0.0), ("per_token", 1.0)):
+        row = evaluate(model, [user_task(tmp_path, normalization=normalization)], data_root=tmp_path)["tasks"]["pets"]
+        assert row["value"] == expected and row["normalization"] == normalization
+        assert row["extra"] == {"acc_per_token": 1.0, "acc_per_char": 0.0, "acc_norm": 1.0, "acc_none": 0.0}
+
+
 def test_copa_is_unnormalised(tmp_path):
     row = {"premise": "The man fell.", "choice1": "He slept well.", "choice2": "He hurt.", "question": "effect"}
     write_jsonl(tmp_path / "copa/val.jsonl", [{**row, "label": 1, "idx": 0}])
@@ -156,6 +167,38 @@ def test_fewshot_deterministic_and_never_the_example(tmp_path):
     assert sample_demonstrations(limited, limited.examples[1], 5, 0) == sample_demonstrations(
         data, data.examples[1], 5, 0
     )
+
+
+def test_fewshot_never_draws_from_the_examples_group(tmp_path):
+    # Twins 0/1 share a pair id, 2/3 another; 4 shares only its continuation with 0 (the second field).
+    rows = [{"q": f"S{i}", "pair": p, "cont": c, "choices": ["x", "y"], "gold": 0}
+            for i, (p, c) in enumerate([("A", "c0"), ("A", "c1"), ("B", "c2"), ("B", "c3"), ("C", "c0")])]  # fmt: skip
+    write_jsonl(tmp_path / "pets/val.jsonl", rows)
+
+    def draws(**spec):
+        data = load_data(load_task(user_task(tmp_path, **spec)), tmp_path)
+        return [sorted(d.index for d in sample_demonstrations(data, ex, 4, seed=0)) for ex in data.examples]
+
+    assert draws() == [[1, 2, 3, 4], [0, 2, 3, 4], [0, 1, 3, 4], [0, 1, 2, 4], [0, 1, 2, 3]]
+    assert draws(group_by="pair") == [[2, 3, 4], [2, 3, 4], [0, 1, 4], [0, 1, 4], [0, 1, 2, 3]]
+    assert draws(group_by=["pair", "cont"]) == [[2, 3], [2, 3, 4], [0, 1, 4], [0, 1, 4], [1, 2, 3]]
+
+
+def test_char_model_samples_from_its_filtered_distribution():
+    # After "aab": weights a 3, b 2, each other character 1 (254 of them), total 259. top_p=0.015 keeps
+    # a (mass before it 0) and b (3 < 0.015 * 259 = 3.885), not c (5 >= 3.885); top_k=2 keeps a and b too.
+    model = CharLanguageModel()
+    for kwargs in ({"top_p": 0.015}, {"top_k": 2}):
+        firsts = {
+            model.generate(["aab"], max_tokens=1, stop=[], temperature=1.0, seed=s, **kwargs)[0] for s in range(40)
+        }
+        assert firsts == {"a", "b"}
+    assert model.generate(["aab"], max_tokens=1, stop=[], temperature=1.0, top_p=0.01, seed=1) == ["a"]  # 3 >= 2.59
+    hot = model.generate(["aab", "aab"], max_tokens=6, stop=[], temperature=50.0, seed=7)
+    assert hot == model.generate(["aab", "aab"], max_tokens=6, stop=[], temperature=50.0, seed=7) and hot[0] != hot[1]
+    assert model.generate(["aab"], max_tokens=3, stop=[]) == ["aaa"]  # greedy without a temperature
+    with pytest.raises(ValueError, match="set a temperature > 0"):
+        model.generate(["aab"], max_tokens=1, stop=[], top_p=0.5)
 
 
 def test_fewshot_from_training_split_in_context(tmp_path):

@@ -42,6 +42,11 @@ def test_all_paper_tasks_are_shipped_and_parse():
     by_name = {t.name: t for t in tasks}
     assert by_name["copa"].normalization == "none" and by_name["record"].normalization == "none"
     assert by_name["boolq"].normalization == "per_token" and by_name["multirc"].metric == "f1a"
+    assert {t.normalization for t in tasks} == {"per_token", "none"}  # the paper's rules; acc_norm is opt-in
+    # Winograd twins share their options or their continuation; a WSC passage is asked once per candidate.
+    assert by_name["winograd"].group_by == by_name["winogrande"].group_by == ("context_options", "continuation")
+    assert by_name["wsc"].group_by == ("text",)
+    assert {n for n, t in by_name.items() if t.group_by} == {"winograd", "winogrande", "wsc"}
     assert all(t.url for t in tasks), "every task says where to download its data"
 
 
@@ -84,6 +89,8 @@ def test_missing_field_names_the_field():
         ({"data": {"path": "x.jsonl", "reader": "nope"}}, "data.reader"),
         ({"colour": "blue"}, "colour"),
         ({"options": {"field": "a", "list": ["b"]}}, "options"),
+        ({"normalization": "per_byte"}, "normalization"),
+        ({"group_by": {"field": "pair"}}, "group_by"),
     ],
 )
 def test_invalid_fields_raise_task_error(change, field):
@@ -101,6 +108,9 @@ def test_user_task_file_and_clear_errors(tmp_path):
     (tmp_path / "t" / "val.jsonl").write_text('{"q": "Is it?", "label": 1}\n{"question": "x", "label": 0}\n')
     with pytest.raises(TaskError, match=r"mine\.yaml: record 1 .*field 'q' not found"):
         load_data(task, tmp_path)
+    (tmp_path / "grouped.yaml").write_text(yaml.safe_dump({**MINIMAL, "group_by": "pair"}))
+    with pytest.raises(TaskError, match=r"record 0 .*group_by: field 'pair' not found"):
+        load_data(load_task_file(tmp_path / "grouped.yaml"), tmp_path)
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(TaskError, match="not valid YAML"):
         load_task_file(tmp_path / "broken.yaml")

@@ -2,7 +2,8 @@
 
 - Classification (``multiple_choice``): rank classification. Every option is scored as a continuation
   of the context; the highest log-likelihood wins, divided by the option's token count
-  (``normalization: per_token``, the default) or not (``none``: COPA, ReCoRD). Binary tasks are two
+  (``normalization: per_token``, the default) or not (``none``: COPA, ReCoRD); ``acc_norm`` is
+  lm-evaluation-harness's per-character rule (``glam.evals.metrics.NORMALIZATIONS``). Binary tasks are two
   options. Accuracy (any gold option counts, for ReCoRD's several correct entities), or F1a over
   answer options for MultiRC.
 - ``loglikelihood`` (LAMBADA): accuracy = the gold continuation is the greedy decode.
@@ -37,6 +38,7 @@ from glam.evals.tasks import (
     Task,
     TaskData,
     TaskError,
+    check_data,
     has_data,
     list_tasks,
     load_data,
@@ -59,40 +61,30 @@ def _chunked(fn: Callable[[list], list], items: list, chunk_size: int) -> list:
     return out
 
 
-def option_score(loglikelihood: float, num_tokens: int, continuation: str, normalization: str) -> float:
-    """The rank-classification score of one option under ``normalization``."""
-    if normalization == "per_token":
-        return loglikelihood / max(num_tokens, 1)
-    if normalization == "per_char":
-        return loglikelihood / max(len(continuation), 1)
-    return loglikelihood
-
-
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
 def _score_choices(task: Task, examples: list[Example], answers: list[tuple[float, bool, int]]) -> dict[str, Any]:
     """Rank classification over every example's options (``answers`` is flat, in request order)."""
-    preds: dict[str, list[int]] = {norm: [] for norm in ("per_token", "per_char", "none")}
+    preds: dict[str, list[int]] = {norm: [] for norm in metrics.NORMALIZATIONS}
     pos = 0
     for ex in examples:
         results = answers[pos : pos + len(ex.requests)]
         pos += len(ex.requests)
+        scored = list(zip(results, ex.requests, ex.options))
         for norm, out in preds.items():
-            out.append(
-                _argmax([option_score(ll, n, cont, norm) for (ll, _, n), (_, cont) in zip(results, ex.requests)])
-            )
+            out.append(_argmax([metrics.option_score(ll, n, cont, opt, norm) for (ll, _, n), (_, cont), opt in scored]))
     chosen = preds[task.normalization]
     extra = {
-        f"acc_{norm}": metrics.mean([float(p in ex.gold) for p, ex in zip(out, examples)])
+        metrics.NORMALIZATIONS[norm].metric: metrics.mean([float(p in ex.gold) for p, ex in zip(out, examples)])
         for norm, out in preds.items()
     }
     if task.metric == "f1a":
         labels = [ex.gold[0] for ex in examples]
         extra["em_per_question"] = metrics.grouped_exact_match(chosen, labels, [ex.group for ex in examples])
         return {"value": metrics.f1a(chosen, labels), "extra": extra, "predictions": chosen}
-    return {"value": extra[f"acc_{task.normalization}"], "extra": extra, "predictions": chosen}
+    return {"value": extra[metrics.NORMALIZATIONS[task.normalization].metric], "extra": extra, "predictions": chosen}
 
 
 def _clean_generation(task: Task, text: str) -> str:
@@ -224,14 +216,17 @@ def evaluate_task(
 
 
 def resolve_task_names(names: str | Sequence[str], data_root: str | Path | None = None, task_dirs=()) -> list[str]:
-    """Expand a comma-separated list (or a list); ``all`` means every task whose data is present."""
+    """Expand a comma-separated list (or a list); ``all`` means every task whose data is present.
+
+    Every named task file is parsed and its data looked for here, so a bad file or missing data fails
+    before a model is loaded or any task runs (:class:`TaskError`, :class:`TaskDataError`)."""
     items = names.split(",") if isinstance(names, str) else list(names)
     out: list[str] = []
     for item in (s.strip() for s in items):
         if item == "all":
             out += [n for n in list_tasks(task_dirs) if has_data(load_task(n, task_dirs), data_root)]
         elif item:
-            load_task(item, task_dirs)  # a bad task file fails here, before a model is loaded
+            check_data(load_task(item, task_dirs), data_root)  # before a model is loaded
             out.append(item)
     if not out:
         raise TaskError("no tasks selected; pass --tasks NAME[,NAME...] or --tasks all")

@@ -1,4 +1,7 @@
-"""Scores: accuracy, MultiRC's F1a, and SQuAD-style exact match and token F1.
+"""Scores: rank-classification normalisations, accuracy, MultiRC's F1a, SQuAD-style exact match and token F1.
+
+Rank classification divides each option's log-likelihood by one of the :data:`NORMALIZATIONS` (the
+registry task files, the harness and the docs read their names from) and picks the highest.
 
 Answer normalisation follows the official SQuAD v1.1/v2.0 evaluation script: lowercase, drop
 punctuation, drop the articles a/an/the, collapse whitespace. Generation scores take the max over
@@ -10,10 +13,48 @@ from __future__ import annotations
 import collections
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = set(string.punctuation)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How an option's log-likelihood is divided before the options are ranked.
+
+    ``divisor(num_tokens, continuation, option)``: the option's token count, the scored continuation
+    (``target_delimiter`` + option for full scoring) and the option text as rendered (no delimiter).
+    ``metric``: the key of its accuracy in a result row's ``extra``.
+    """
+
+    metric: str
+    divisor: Callable[[int, str, str], int]
+    meaning: str
+
+
+NORMALIZATIONS: dict[str, Normalization] = {
+    "per_token": Normalization(
+        "acc_per_token", lambda tokens, cont, option: max(tokens, 1), "the option's token count (GLaM §7, GPT-3)"
+    ),
+    "per_char": Normalization(
+        "acc_per_char",
+        lambda tokens, cont, option: max(len(cont), 1),
+        "characters of the scored continuation, target_delimiter included (glam's own)",
+    ),
+    "acc_norm": Normalization(
+        "acc_norm",
+        lambda tokens, cont, option: max(len(option), 1),
+        "characters of the option text, no delimiter (lm-evaluation-harness's acc_norm)",
+    ),
+    "none": Normalization("acc_none", lambda tokens, cont, option: 1, "unnormalised (lm-evaluation-harness's acc)"),
+}
+
+
+def option_score(loglikelihood: float, num_tokens: int, continuation: str, option: str, normalization: str) -> float:
+    """The rank-classification score of one option under ``normalization`` (a :data:`NORMALIZATIONS` name)."""
+    return loglikelihood / NORMALIZATIONS[normalization].divisor(num_tokens, continuation, option)
 
 
 def normalize_answer(text: str) -> str:

@@ -12,6 +12,7 @@ example rendered with its gold answer, used when it serves as a few-shot demonst
 from __future__ import annotations
 
 import glob
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from glam.errors import GLaMError, TaskError
 from glam.evals import template
+from glam.evals.metrics import NORMALIZATIONS
 from glam.evals.readers import READERS
 from glam.files import load_yaml_file
 
@@ -28,13 +30,12 @@ DEFAULT_DATA_ROOT = Path("..") / "shared" / "data" / "tasks"
 
 OUTPUTS = ("multiple_choice", "generate", "loglikelihood")
 METRICS = {"multiple_choice": ("acc", "f1a"), "generate": ("em", "f1"), "loglikelihood": ("acc",)}
-NORMALIZATIONS = ("per_token", "per_char", "none")
 SCORINGS = ("full", "partial")
 CATEGORIES = ("NLG", "NLU")
 KNOWN_KEYS = {
     "name", "description", "category", "group", "paper", "output", "metric", "data", "prompt", "options",
     "scoring", "continuation", "gold", "answers", "normalization", "unanswerable", "target_delimiter",
-    "fewshot_separator", "fewshot_k", "stop", "max_tokens", "fields",
+    "fewshot_separator", "fewshot_k", "stop", "max_tokens", "fields", "group_by",
 }  # fmt: skip
 DATA_KEYS = {"path", "reader", "reader_args", "fewshot_path", "url"}
 READER_BY_SUFFIX = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
@@ -75,11 +76,17 @@ class Task:
     stop: tuple[str, ...] = ("\n",)
     max_tokens: int = 0
     fields: dict = field(default_factory=dict)
+    group_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Example:
-    """One evaluation item in model terms (see the module docstring)."""
+    """One evaluation item in model terms (see the module docstring).
+
+    ``options``: the rendered option texts (multiple choice; ``acc_norm`` divides by their length).
+    ``group_keys``: ``FIELD=VALUE`` for each of the task's ``group_by`` fields; a demonstration never
+    shares one with the example it is shown for (a Winograd twin is not its pair's demonstration).
+    """
 
     index: int
     doc: str
@@ -88,6 +95,8 @@ class Example:
     gold: tuple[int, ...] = ()
     answers: tuple[str, ...] = ()
     group: str = ""
+    options: tuple[str, ...] = ()
+    group_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,13 @@ def _check_output_fields(spec: dict, output: str, source: str) -> None:
         raise _fail(source, "continuation", "missing; partial scoring and loglikelihood tasks score this template")
 
 
+def _group_by(value: Any, source: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(f, str) and f for f in items):
+        raise _fail(source, "group_by", "give a record field, or a list of them (rows sharing a value are a group)")
+    return tuple(items)
+
+
 def _check_derived_fields(fields: Any, source: str) -> None:
     if not isinstance(fields, dict):
         raise _fail(source, "fields", "give a mapping NAME: {from: FIELD, map: {VALUE: TEXT, ...}}")
@@ -212,7 +228,7 @@ def parse_task(spec: Any, source: str) -> Task:
         continuation=spec.get("continuation", ""),
         gold=dict(spec.get("gold") or {}),
         answers=dict(spec.get("answers") or {}),
-        normalization=_choice(spec, "normalization", NORMALIZATIONS, source, "per_token"),
+        normalization=_choice(spec, "normalization", tuple(NORMALIZATIONS), source, "per_token"),
         unanswerable=spec.get("unanswerable", ""),
         target_delimiter=spec.get("target_delimiter", " "),
         fewshot_separator=spec.get("fewshot_separator", "\n\n"),
@@ -220,6 +236,7 @@ def parse_task(spec: Any, source: str) -> Task:
         stop=tuple(spec.get("stop", ["\n"])),
         max_tokens=int(spec.get("max_tokens", 0)),
         fields=dict(spec.get("fields") or {}),
+        group_by=_group_by(spec.get("group_by") or [], source),
     )
 
 
@@ -269,6 +286,20 @@ def find_files(root: Path, paths: tuple[str, ...]) -> tuple[str, list[Path]] | N
 def has_data(task: Task, data_root: str | Path | None = None) -> bool:
     """Whether ``task``'s evaluation data is present."""
     return find_files(resolve_data_root(data_root), task.paths) is not None
+
+
+def check_data(task: Task, data_root: str | Path | None = None) -> tuple[str, list[Path]]:
+    """``task``'s evaluation data (the path that matched and its files), or :class:`TaskDataError` naming
+    where it was looked for and where to get it."""
+    root = resolve_data_root(data_root)
+    found = find_files(root, task.paths)
+    if found is None:
+        where = " or ".join(str(root / p) for p in task.paths)
+        hint = f"download it from {task.url} and place it there" if task.url else "place the file there"
+        raise TaskDataError(
+            f"task {task.name}: data not found at {where}; {hint} (or point --data-root / ${DATA_ENV} elsewhere)"
+        )
+    return found
 
 
 def _read(task: Task, files: list[Path]) -> list[dict]:
@@ -328,12 +359,25 @@ def _options(task: Task, record: dict) -> tuple[list[str], list]:
     return [template.render(fill, {**record, "option": item}) for item in items], items
 
 
+def _group_keys(task: Task, record: dict) -> tuple[str, ...]:
+    """``FIELD=VALUE`` (JSON) for each ``group_by`` field: the groups this record belongs to."""
+    keys = []
+    for name in task.group_by:
+        try:
+            value = template.lookup(record, name)
+        except template.TemplateError as exc:
+            raise template.TemplateError(f"group_by: {exc}") from None
+        keys.append(f"{name}={json.dumps(value, sort_keys=True, default=str)}")
+    return tuple(keys)
+
+
 def build_example(task: Task, record: dict, index: int) -> Example | None:
     """Render ``record`` into an :class:`Example`; ``None`` when it has no usable gold answer."""
     record = _derive(task, record)
     prompt = template.render(task.prompt, record)
     delim = task.target_delimiter
     doc, group = str(record.get("_doc", index)), str(record.get("_group", ""))
+    keys = _group_keys(task, record)
     if task.output == "generate":
         names = task.answers["field"] if isinstance(task.answers["field"], list) else [task.answers["field"]]
         values = [template.lookup(record, n) for n in names]
@@ -342,10 +386,12 @@ def build_example(task: Task, record: dict, index: int) -> Example | None:
         if not answers and not task.unanswerable:
             return None
         demo = prompt + delim + (answers[0] if answers else task.unanswerable)
-        return Example(index, doc, ((prompt, ""),), demo, answers=answers, group=group)
+        return Example(index, doc, ((prompt, ""),), demo, answers=answers, group=group, group_keys=keys)
     if task.output == "loglikelihood":
         continuation = delim + template.render(task.continuation, record)
-        return Example(index, doc, ((prompt, continuation),), prompt + continuation, gold=(0,), group=group)
+        return Example(
+            index, doc, ((prompt, continuation),), prompt + continuation, gold=(0,), group=group, group_keys=keys
+        )
     options, items = _options(task, record)
     if task.scoring == "partial":
         continuation = delim + template.render(task.continuation, record)
@@ -356,7 +402,7 @@ def build_example(task: Task, record: dict, index: int) -> Example | None:
     if not gold or not all(0 <= g < len(options) for g in gold):
         return None
     demo = "".join(requests[gold[0]])
-    return Example(index, doc, requests, demo, gold=gold, group=group)
+    return Example(index, doc, requests, demo, gold=gold, group=group, options=tuple(options), group_keys=keys)
 
 
 def _build_all(task: Task, records: list[dict], where: str) -> tuple[list[Example], int]:
@@ -376,14 +422,7 @@ def _build_all(task: Task, records: list[dict], where: str) -> tuple[list[Exampl
 def load_data(task: Task, data_root: str | Path | None = None, limit: int | None = None) -> TaskData:
     """Read and render ``task``'s examples (the first ``limit`` if given) and its few-shot pool."""
     root = resolve_data_root(data_root)
-    found = find_files(root, task.paths)
-    if found is None:
-        where = " or ".join(str(root / p) for p in task.paths)
-        hint = f"download it from {task.url} and place it there" if task.url else "place the file there"
-        raise TaskDataError(
-            f"task {task.name}: data not found at {where}; {hint} (or point --data-root / ${DATA_ENV} elsewhere)"
-        )
-    rel, files = found
+    rel, files = check_data(task, root)
     examples, skipped = _build_all(task, _read(task, files), rel)
     evaluated = examples if limit is None else examples[:limit]
     pool_found = find_files(root, task.fewshot_paths) if task.fewshot_paths else None
