@@ -65,6 +65,14 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
+def _option_texts(task: Task, example: Example) -> tuple[str, ...]:
+    """The example's rendered options; for one built by hand without them, each continuation less the delimiter."""
+    if example.options:
+        return example.options
+    delim = task.target_delimiter
+    return tuple(cont[len(delim) :] if delim and cont.startswith(delim) else cont for _, cont in example.requests)
+
+
 def _score_choices(task: Task, examples: list[Example], answers: list[tuple[float, bool, int]]) -> dict[str, Any]:
     """Rank classification over every example's options (``answers`` is flat, in request order)."""
     preds: dict[str, list[int]] = {norm: [] for norm in metrics.NORMALIZATIONS}
@@ -72,7 +80,7 @@ def _score_choices(task: Task, examples: list[Example], answers: list[tuple[floa
     for ex in examples:
         results = answers[pos : pos + len(ex.requests)]
         pos += len(ex.requests)
-        scored = list(zip(results, ex.requests, ex.options))
+        scored = list(zip(results, ex.requests, _option_texts(task, ex)))
         for norm, out in preds.items():
             out.append(_argmax([metrics.option_score(ll, n, cont, opt, norm) for (ll, _, n), (_, cont), opt in scored]))
     chosen = preds[task.normalization]
