@@ -9,7 +9,16 @@ import pytest
 
 from glam.errors import GLaMError
 from glam.inference.beam import BeamSearch, beam_update, beams_done, best_hypotheses, init_beams
-from glam.inference.sampling import Sampler, filter_logits, mask_vocab, next_tokens, top_k_logits, top_p_logits
+from glam.inference.sampling import (
+    Sampler,
+    draw_rows,
+    filter_logits,
+    filter_rows,
+    mask_vocab,
+    next_tokens,
+    top_k_logits,
+    top_p_logits,
+)
 
 PROBS = np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32)
 
@@ -72,6 +81,49 @@ def test_vocab_beyond_the_tokenizer_is_never_drawn():
     logits = jnp.array([[0.0, 1.0, 9.0]])
     assert np.isneginf(mask_vocab(logits, 2)[0, 2])
     assert int(next_tokens(logits, jax.random.key(0), Sampler(), vocab_limit=2)[0]) == 1
+
+
+def test_per_row_filters_equal_each_rows_own_sampler():
+    """filter_rows (the server's batch of mixed samplers) == filter_logits row by row, ties and all."""
+    logits = jnp.log(jnp.array([PROBS, PROBS[::-1], [0.3, 0.3, 0.2, 0.1, 0.1]]))
+    samplers = [Sampler(0.7, top_k=2), Sampler(1.0, top_p=0.6), Sampler(2.0, top_k=1, top_p=0.5)]
+    rows = filter_rows(
+        logits,
+        jnp.array([s.temperature for s in samplers]),
+        jnp.array([s.top_k for s in samplers]),
+        jnp.array([s.top_p for s in samplers]),
+    )
+    for b, sampler in enumerate(samplers):
+        np.testing.assert_allclose(rows[b], filter_logits(logits[b : b + 1], sampler)[0], rtol=1e-6)
+    # row 0: the 2 likeliest (0.5, 0.2); row 1: 0.5 and 0.2 (the mass before 0.2 is 0.5 < 0.6); row 2: top-1
+    # keeps both tied 0.3s, then top-p 0.5 keeps the first (the mass before the second is 0.5, not < 0.5)
+    np.testing.assert_array_equal(np.isfinite(rows), [[1, 1, 0, 0, 0], [0, 0, 0, 1, 1], [1, 0, 0, 0, 0]])
+
+
+def test_draw_rows_greedy_rows_and_a_seeded_row_does_not_depend_on_its_batchmates():
+    logits = jnp.log(jnp.array([PROBS, PROBS[::-1], PROBS]))
+    args = dict(top_k=jnp.zeros(3, jnp.int32), top_p=jnp.ones(3))
+    draw = draw_rows(logits, jnp.array([0, 0, 7], jnp.uint32), jnp.int32(3), jnp.array([0.0, 0.0, 1.0]), **args)
+    assert draw.tokens[:2].tolist() == [0, 4]  # greedy rows take the argmax
+    np.testing.assert_allclose(draw.logprob[:2], np.log([0.5, 0.5]), rtol=1e-6)
+    np.testing.assert_array_equal(draw.top_ids[:, 0], [0, 4, 0])
+    alone = draw_rows(logits[2:], jnp.array([7], jnp.uint32), jnp.int32(3), jnp.array([1.0]), top_k=args["top_k"][:1],
+                      top_p=args["top_p"][:1])  # fmt: skip
+    assert int(alone.tokens[0]) == int(draw.tokens[2])
+    drawn = [
+        int(
+            draw_rows(
+                logits[:1],
+                jnp.array([s], jnp.uint32),
+                jnp.int32(0),
+                jnp.ones(1),
+                top_k=jnp.zeros(1, jnp.int32),
+                top_p=jnp.ones(1),
+            ).tokens[0]
+        )  # fmt: skip
+        for s in range(400)
+    ]
+    np.testing.assert_allclose(np.bincount(drawn, minlength=5) / 400, PROBS, atol=0.07)  # seeds draw from p
 
 
 @pytest.mark.parametrize(

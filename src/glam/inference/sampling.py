@@ -8,8 +8,10 @@ decode step; a :class:`Sampler` is a frozen dataclass and therefore a static (ha
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +94,66 @@ def next_tokens(logits: jax.Array, rng: jax.Array, sampler: Sampler, vocab_limit
     if sampler.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(rng, filter_logits(logits, sampler), axis=-1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-row sampling: every row of a batch with its own temperature, top-k, top-p and random stream (the
+# server batches requests that ask for different ones). Same order of filters as ``filter_logits``.
+
+
+class RowDraw(NamedTuple):
+    """One drawn token per row and what the server reports about it (log-probs of the model's distribution)."""
+
+    tokens: jax.Array  # [B] int32
+    logprob: jax.Array  # [B] fp32: log p(token) under the unfiltered, untempered distribution
+    top_ids: jax.Array  # [B, N] int32: the N most likely tokens
+    top_logprobs: jax.Array  # [B, N] fp32
+
+
+def filter_rows(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """[B, V] logits → the [B, V] logits each row draws from: ÷ its temperature, its top-k, then its top-p.
+
+    ``temperature`` [B] > 0 (greedy rows are chosen by the caller), ``top_k`` [B] int (0 = off),
+    ``top_p`` [B] in (0, 1] (1 = off). The rules per row are those of :func:`top_k_logits` and
+    :func:`top_p_logits`.
+    """
+    V = logits.shape[-1]
+    logits = logits / temperature[:, None]
+    order = jnp.argsort(-logits, axis=-1)  # [B, V] most likely first
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    kth = jnp.take_along_axis(sorted_logits, jnp.clip(top_k - 1, 0, V - 1)[:, None], axis=-1)  # [B, 1]
+    logits = jnp.where((top_k[:, None] > 0) & (logits < kth), -jnp.inf, logits)
+    sorted_probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), order, axis=-1)
+    keep_sorted = (jnp.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p[:, None]
+    keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
+    return jnp.where(keep | (top_p[:, None] >= 1.0), logits, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("vocab_limit", "top_n", "filtered"))
+def draw_rows(
+    logits: jax.Array,  # [B, V]
+    seeds: jax.Array,  # [B] uint32: each row's own random stream
+    step: jax.Array,  # int32 scalar: which token of the row this is (a fresh key per step)
+    temperature: jax.Array,  # [B] fp32, 0 = greedy
+    top_k: jax.Array,  # [B] int32, 0 = off
+    top_p: jax.Array,  # [B] fp32, 1 = off
+    *,
+    vocab_limit: int | None = None,
+    top_n: int = 1,
+    filtered: bool = False,
+) -> RowDraw:
+    """Draw one token per row with the row's own sampler and key ``fold_in(key(seed), step)``.
+
+    A row's draw depends only on its logits, its sampler, its seed and ``step``, never on its
+    batchmates. ``filtered=False`` skips the top-k/top-p sort (valid when no row filters).
+    """
+    logits = mask_vocab(logits.astype(jnp.float32), vocab_limit)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    hot = jnp.where(temperature > 0, temperature, 1.0)
+    drawn_from = filter_rows(logits, hot, top_k, top_p) if filtered else logits / hot[:, None]
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(seeds)
+    sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, drawn_from)
+    tokens = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    top_logprobs, top_ids = jax.lax.top_k(logp, top_n)
+    chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    return RowDraw(tokens, chosen, top_ids.astype(jnp.int32), top_logprobs)

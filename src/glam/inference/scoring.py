@@ -59,6 +59,25 @@ def score_batch(cfg: GLaMConfig, params: dict, batch: dict) -> tuple[jax.Array, 
     return jnp.sum(log_p * w, axis=-1), jnp.all(greedy, axis=-1), jnp.sum(w, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "top_n"))
+def token_logprobs(cfg: GLaMConfig, params: dict, batch: dict, top_n: int = 1) -> tuple[jax.Array, ...]:
+    """Per position: log p(target) [B, S], and the ``top_n`` most likely ids [B, S, N] with their log-probs.
+
+    What an echoing completion server reports for every prompt token (glam.serve).
+    """
+    logits, _, _ = apply(
+        bind(cfg, params),
+        batch["inputs"],
+        batch["positions"],
+        batch["segment_ids"],
+        train=False,
+    )
+    log_p, logz = token_log_likelihood(logits, batch["targets"])  # [B, S]
+    top_logits, top_ids = jax.lax.top_k(logits.astype(jnp.float32), top_n)
+    # the same subtraction as log_p's, so a greedy target's log-prob equals the top one bit for bit
+    return log_p, top_ids.astype(jnp.int32), top_logits - logz[..., None]
+
+
 def make_batch(rows: Sequence[ScoreRow], batch_size: int, max_seq_len: int) -> dict[str, np.ndarray]:
     """Right-padded batch-schema arrays [batch_size, S] for ``rows`` (filler rows are all padding)."""
     S = bucket_length(max(len(r.inputs) for r in rows), max_seq_len)

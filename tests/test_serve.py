@@ -1,0 +1,275 @@
+"""``glam serve`` against real clients: the openai package, lm-eval's local-completions, raw HTTP, a load test.
+
+One server (a tiny random MoE model, batches of 4) runs on 127.0.0.1 for the whole module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import jax
+import numpy as np
+import pytest
+
+from glam.config import resolve
+from glam.data.tokenizer import train_tokenizer
+from glam.inference import GLaMLanguageModel, generate
+from glam.model.init import init_params
+from glam.serve import background
+from glam.serve.app import create_app
+from glam.serve.engine import Engine
+
+openai = pytest.importorskip("openai")
+
+CFG = resolve(
+    "tiny",
+    [
+        "train.seq_len=32",
+        "model.max_seq_len=128",
+        "model.vocab_size=512",
+        "model.d_model=64",
+        "model.num_heads=2",
+        "model.head_dim=16",
+        "model.ffn_dim=128",
+        "model.num_layers=2",
+        "moe.num_experts=4",
+        "moe.eval_no_drop=true",
+    ],
+)
+TEXT = [
+    f"The {a} {b} walks to the {c} and sees {n} birds.\nQ: Where?\nA: the {c}."
+    for a in ("quick", "lazy", "old", "young")
+    for b in ("fox", "dog", "cat", "horse")
+    for c, n in (("river", 3), ("market", 12), ("garden", 7))
+]
+PROMPTS = ["The quick fox", "A:", "The old horse walks", "Q: Where?", "The lazy dog sees", "the"]
+SHARED_COPA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tasks" / "copa" / "val.jsonl"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    tokenizer = train_tokenizer(TEXT, 320, str(tmp_path_factory.mktemp("tok") / "tok.model"), num_threads=1)
+    return CFG, init_params(CFG, jax.random.key(0)), tokenizer
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    engine = Engine(*model, max_batch=4, max_queue=8).start()
+    with background(create_app(engine, model_name="tiny", max_body_bytes=64 << 10)) as url:
+        yield url, engine
+    engine.stop()
+
+
+def _greedy(model, prompt, n):
+    cfg, params, tok = model
+    return generate(cfg, params, tok, [prompt], max_tokens=n)[0]
+
+
+def test_openai_client_greedy_equals_generate_and_streams_the_same(model, server):
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    out = client.completions.create(model="tiny", prompt=PROMPTS[:3], max_tokens=6, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    for prompt, choice in zip(PROMPTS, out.choices):
+        ref = _greedy(model, prompt, 6)
+        assert choice.text == ref.text and choice.finish_reason == (
+            "length" if ref.finish_reason == "length" else "stop"
+        )
+    tok = model[2]
+    assert out.usage.prompt_tokens == sum(1 + len(tok.encode(p)) for p in PROMPTS[:3])
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=6, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == out.choices[0].finish_reason
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_stop_strings_seed_and_n(model, server):
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    free = _greedy(model, PROMPTS[2], 8).text
+    stop = free[2:4]
+    out = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=8, temperature=0, stop=[stop])
+    assert out.choices[0].text == free[: free.find(stop)] and out.choices[0].finish_reason == "stop"
+    kw = dict(model="tiny", prompt=PROMPTS[1], max_tokens=8, temperature=1.0, top_p=0.9, n=3, seed=11)
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]  # a seed reproduces
+    assert len({c.text for c in a.choices}) > 1  # the choices of one request differ
+
+
+def test_echo_logprobs_equal_glam_scoring(model, server):
+    url, _ = server
+    cfg, params, tok = model
+    context, continuation = "The quick fox walks", " to the river"
+    body = {"prompt": context + continuation, "max_tokens": 1, "temperature": 0, "logprobs": 2, "echo": True}
+    choice = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]
+    lp = choice["logprobs"]
+    ids = tok.encode(context + continuation)
+    assert len(lp["token_logprobs"]) == len(ids) + 1 and choice["text"].startswith(context + continuation)
+    n_ctx = len(tok.encode(context))
+    [(ll, greedy, n)] = GLaMLanguageModel(cfg, params, tok).loglikelihood([(context, continuation)])
+    assert n == len(ids) - n_ctx
+    assert sum(lp["token_logprobs"][n_ctx:-1]) == pytest.approx(ll, abs=1e-4)
+    flags = [t == max(top.values()) for t, top in zip(lp["token_logprobs"][n_ctx:-1], lp["top_logprobs"][n_ctx:-1])]
+    assert all(flags) == greedy and all(len(top) <= 2 for top in lp["top_logprobs"])
+    # a token-id prompt that gives its own bos: that bos is reported with a null log-prob
+    body = {"prompt": [tok.bos_id, *ids], "max_tokens": 1, "temperature": 0, "logprobs": 0, "echo": True}
+    lp2 = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+    assert lp2["token_logprobs"][0] is None and lp2["token_logprobs"][1:] == pytest.approx(lp["token_logprobs"])
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, "body"),
+        (b"[1, 2]", 400, None),
+        (json.dumps({"max_tokens": 3}).encode(), 400, "prompt"),
+        (json.dumps({"prompt": "x", "max_tokens": -1}).encode(), 400, "max_tokens"),
+        (json.dumps({"prompt": "x", "max_tokens": "3"}).encode(), 400, "max_tokens"),
+        (json.dumps({"prompt": "x", "temperature": True}).encode(), 400, "temperature"),
+        (json.dumps({"prompt": "x", "beam_sise": 4}).encode(), 400, "beam_sise"),
+        (json.dumps({"prompt": "x", "presence_penalty": 0.5}).encode(), 400, "presence_penalty"),
+        (json.dumps({"prompt": [1, "a"]}).encode(), 400, "prompt"),
+        (json.dumps({"prompt": [5, 99999]}).encode(), 400, "prompt"),
+        (json.dumps({"prompt": "the " * 150}).encode(), 400, "prompt"),
+        (json.dumps({"prompt": "x", "max_tokens": 127}).encode(), 400, "max_tokens"),
+        (json.dumps({"prompt": "x", "model": "gpt-4"}).encode(), 400, "model"),
+        (json.dumps({"prompt": "x" * (70 << 10)}).encode(), 413, "body"),
+    ],
+)
+def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, param):
+    url, engine = server
+    r = httpx.post(f"{url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+    assert httpx.get(f"{url}/health").json()["requests_in_flight"] == 0
+
+
+def test_busy_server_answers_429_and_a_gone_client_frees_its_slot(server, monkeypatch):
+    url, engine = server
+    for _ in range(engine.max_queue):
+        engine.admit()
+    try:
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        for _ in range(engine.max_queue):
+            engine.release()
+    # a client that leaves mid-stream: its slot is freed at once, and its rows do no more work
+    gate, delivered, generate_batch = threading.Event(), [], engine._generate
+    monkeypatch.setattr(engine, "_generate", lambda batch: (gate.wait(30), generate_batch(batch)))
+    body = {"prompt": "The", "max_tokens": 40, "temperature": 1.0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and _in_flight(url) == 1
+        deadline = time.monotonic() + 10
+        while not engine.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [(job, _)] = engine.running
+        monkeypatch.setattr(job, "deliver", lambda event: delivered.append(event))
+    deadline = time.monotonic() + 10
+    while _in_flight(url) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _in_flight(url) == 0 and job.cancelled.is_set()
+    gate.set()
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2, "temperature": 0}, timeout=60)
+    assert r.status_code == 200 and delivered == []  # the cancelled row was dropped before its first token
+
+
+def _in_flight(url):
+    return httpx.get(f"{url}/health").json()["requests_in_flight"]
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(model, server):
+    """A bounded load test: 16 clients × 2 requests on loopback, every answer checked (figures: benchmarks/serve.py)."""
+    url, engine = server
+    expected = {p: _greedy(model, p, 8).text for p in PROMPTS}
+    batches_before = engine.batches
+
+    def body(prompt):
+        return {"prompt": prompt, "max_tokens": 8, "temperature": 0}
+
+    async def client(i, http):
+        times = []
+        for j in range(2):
+            prompt = PROMPTS[(i + j) % len(PROMPTS)]
+            t0 = time.perf_counter()
+            while (r := await http.post("/v1/completions", json=body(prompt))).status_code == 429:
+                await asyncio.sleep(0.05)  # the bound (max_queue=8) holds: over it, retry
+            times.append(time.perf_counter() - t0)
+            assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected[prompt], (prompt, r.text)
+        return times
+
+    async def main():
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            return await asyncio.gather(*(client(i, http) for i in range(16)))
+
+    latencies = np.concatenate(asyncio.run(main()))
+    assert len(latencies) == 32
+    assert engine.batches - batches_before < 32  # requests shared batches (at most 4 rows each)
+
+
+@pytest.mark.slow
+def test_lm_eval_local_completions_through_the_server_equals_glam_eval(model, server, tmp_path, monkeypatch):
+    lm_eval = pytest.importorskip("lm_eval")
+    from glam.evals import evaluate
+
+    url, _ = server
+    rows = SHARED_COPA.read_text().splitlines()[:24] if SHARED_COPA.exists() else _copa_rows()
+    data = tmp_path / "data" / "copa" / "val.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text("\n".join(rows) + "\n")
+    ours = evaluate(GLaMLanguageModel(*model), "copa", data_root=tmp_path / "data")["tasks"]["copa"]["value"]
+
+    for var, value in (("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"), ("HF_HOME", str(tmp_path / "hf"))):
+        monkeypatch.setenv(var, value)
+    tasks = tmp_path / "lm_eval_tasks"
+    tasks.mkdir()
+    (tasks / "serve_copa.yaml").write_text(COPA_LM_EVAL.format(data=data))
+    from lm_eval.tasks import TaskManager
+
+    out = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=f"model=tiny,base_url={url}/v1/completions,max_length=127,batch_size=4,tokenizer_backend=remote",
+        tasks=["serve_copa"],
+        task_manager=TaskManager(include_path=str(tasks)),
+        num_fewshot=0,
+        bootstrap_iters=0,
+    )
+    print("lm-eval via glam serve:", out["results"]["serve_copa"]["acc,none"], "glam eval:", ours)
+    assert out["results"]["serve_copa"]["acc,none"] == pytest.approx(ours)
+
+
+COPA_LM_EVAL = """task: serve_copa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{premise[:-1] if premise.endswith('.') else premise}}}}
+  {{{{'because' if question == 'cause' else 'therefore'}}}}"
+doc_to_choice: "{{{{[choice1[0].lower() + choice1[1:], choice2[0].lower() + choice2[1:]]}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+"""
+
+
+def _copa_rows():
+    rows = [
+        {"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
+         "choice2": "Water flowed from the spout.", "question": "effect", "label": 1, "idx": 0},
+        {"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
+         "choice2": "She lost her appetite.", "question": "effect", "label": 1, "idx": 1},
+        {"premise": "The woman retired.", "choice1": "She received her pension.",
+         "choice2": "She paid off her mortgage.", "question": "effect", "label": 0, "idx": 2},
+        {"premise": "I wanted to conserve energy.", "choice1": "I swept the floor.",
+         "choice2": "I shut off the lights.", "question": "effect", "label": 1, "idx": 3},
+    ]  # fmt: skip
+    return [json.dumps(r) for r in rows]
