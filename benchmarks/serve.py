@@ -48,7 +48,9 @@ async def _clients(url: str, texts: list[str], clients: int, requests: int, max_
                 await asyncio.sleep(float(r.headers.get("retry-after", 1)) / 10)
             r.raise_for_status()
             answer = r.json()
-            out.append((k, time.perf_counter() - start, answer["choices"][0]["text"], answer["usage"]["completion_tokens"]))
+            out.append(
+                (k, time.perf_counter() - start, answer["choices"][0]["text"], answer["usage"]["completion_tokens"])
+            )
         return out
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)

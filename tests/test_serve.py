@@ -273,3 +273,35 @@ def _copa_rows():
          "choice2": "I shut off the lights.", "question": "effect", "label": 1, "idx": 3},
     ]  # fmt: skip
     return [json.dumps(r) for r in rows]
+
+
+def test_cli_serves_a_checkpoint_and_fails_in_one_line(model, monkeypatch, tmp_path, capsys):
+    import types
+
+    import uvicorn
+
+    from glam.cli.main import main
+
+    monkeypatch.setitem(
+        __import__("sys").modules,
+        "glam.checkpoint",
+        types.SimpleNamespace(load_for_inference=lambda run, step=None: model),
+    )
+    seen = {}
+
+    def run(app, host, port, log_level):  # instead of serving forever: one request, then return
+        seen.update(host=host, port=port)
+        with background(app) as url:
+            seen["models"] = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+            r = httpx.post(f"{url}/v1/completions", json={"prompt": "The", "max_tokens": 3, "temperature": 0})
+            seen["text"] = r.json()["choices"][0]["text"]
+            seen["health"] = httpx.get(f"{url}/health").json()
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    assert main(["serve", "--checkpoint", "runs/my-run", "--port", "9123", "--max-batch", "2"]) == 0
+    assert seen["models"] == "my-run" and seen["port"] == 9123 and seen["host"] == "127.0.0.1"
+    assert seen["text"] == _greedy(model, "The", 3).text and seen["health"]["max_batch"] == 2
+    monkeypatch.undo()
+    assert main(["serve", "--checkpoint", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nothing-here" in err[0]
