@@ -19,7 +19,6 @@ size allows shows it as ``epochs > 1`` in :meth:`Mixture.stats`.
 from __future__ import annotations
 
 import warnings
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ import numpy as np
 
 from glam.data.errors import DataError
 from glam.data.packing import pack_row
-from glam.data.sources import Source
+from glam.data.sources import Source, source_key
 from glam.errors import GLaMWarning
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -55,11 +54,6 @@ def draw_sources(seed: int, indices: np.ndarray, weights: np.ndarray) -> np.ndar
     cumulative = np.cumsum(np.asarray(weights, dtype=np.float64))
     u = uniform01(seed, indices) * cumulative[-1]
     return np.minimum(np.searchsorted(cumulative, u, side="right"), len(cumulative) - 1)
-
-
-def source_key(name: str) -> int:
-    """A process-independent integer for a source name (Python's ``hash`` is salted per process)."""
-    return zlib.crc32(name.encode("utf-8"))
 
 
 def _say_how_weights_normalise(sources: list[Source], weights: np.ndarray) -> None:

@@ -449,13 +449,13 @@ def iter_documents(
     total = sum(s.weight for s in sources)
     for source in sources:
         want = max(1, round(limit * source.weight / total))
-        order = np.random.default_rng([seed, _stable_id(source.name)]).permutation(len(source))
+        order = np.random.default_rng([seed, source_key(source.name)]).permutation(len(source))
         if exclude and exclude.get(source.name) is not None:
             order = order[~np.isin(order, np.asarray(list(exclude[source.name]), dtype=order.dtype))]
         for k in order[:want]:
             yield source.document(int(k))
 
 
-def _stable_id(name: str) -> int:
+def source_key(name: str) -> int:
     """A process-independent integer for a source name (Python's ``hash`` is salted per process)."""
     return zlib.crc32(name.encode("utf-8"))

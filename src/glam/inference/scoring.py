@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glam.config import GLaMConfig
+from glam.data.packing import empty_rows
 from glam.errors import GLaMError
 from glam.inference.decode import bucket_length
 from glam.model.init import bind
@@ -81,8 +82,7 @@ def token_logprobs(cfg: GLaMConfig, params: dict, batch: dict, top_n: int = 1) -
 def make_batch(rows: Sequence[ScoreRow], batch_size: int, max_seq_len: int) -> dict[str, np.ndarray]:
     """Right-padded batch-schema arrays [batch_size, S] for ``rows`` (filler rows are all padding)."""
     S = bucket_length(max(len(r.inputs) for r in rows), max_seq_len)
-    batch = {k: np.zeros((batch_size, S), np.int32) for k in ("inputs", "targets", "positions", "segment_ids")}
-    batch["loss_weights"] = np.zeros((batch_size, S), np.float32)
+    batch = empty_rows(batch_size, S)
     for b, r in enumerate(rows):
         n = len(r.inputs)
         batch["inputs"][b, :n] = r.inputs

@@ -19,13 +19,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from glam.config import GLaMConfig
+from glam.data.packing import BATCH_KEYS
 from glam.data.pipeline import process_slice
 from glam.model.losses import loss_fn
 from glam.sharding.rules import activate, constrain, logical_to_spec
 from glam.train.optimizer import learning_rate_schedule, make_optimizer
 from glam.train.state import TrainState, state_shardings
-
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_weights")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
