@@ -269,16 +269,13 @@ def write_json(path: str, value) -> None:
 
 def ensure_tokenizer(scale: Scale, data_root: str, out: str) -> str:
     """Train the sweep's one tokenizer (once), never on a held-out document; returns its path."""
-    from glam.data.pipeline import tokenizer_sample
-    from glam.data.sources import open_sources
-    from glam.data.tokenizer import train_tokenizer
+    from glam.data.pipeline import train_mixture_tokenizer
 
     path = os.path.join(out, "tokenizer.model")
     if not os.path.isfile(path):
         start = time.perf_counter()
         cfg = base_config(scale, scale.sizes[0], data_root, tokenizer="")
-        sources = open_sources(cfg.data.sources, cfg.data.on_bad_json)
-        train_tokenizer(tokenizer_sample(cfg, sources), scale.vocab_size, path)
+        train_mixture_tokenizer(cfg, out_path=path, vocab_size=scale.vocab_size)
         log(f"tokenizer: {path} ({time.perf_counter() - start:.0f}s)")
     return os.path.abspath(path)
 

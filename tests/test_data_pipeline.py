@@ -11,7 +11,14 @@ import pytest
 
 from glam.config import ConfigError, DataConfig, GLaMConfig, ModelConfig, SourceConfig, TrainConfig
 from glam.data.mixture import draw_sources
-from glam.data.pipeline import DataPipeline, build_pipeline, process_slice, save_run_tokenizer, tokenizer_sample
+from glam.data.pipeline import (
+    DataPipeline,
+    build_pipeline,
+    process_slice,
+    save_run_tokenizer,
+    tokenizer_sample,
+    train_mixture_tokenizer,
+)
 from glam.data.tokenizer import train_tokenizer
 
 WEIGHTS = {"alpha": 0.5, "beta": 0.3, "gamma": 0.15, "delta": 0.05}
@@ -177,3 +184,24 @@ def test_build_pipeline_trains_a_tokenizer_that_the_run_dir_keeps(tmp_path):
     text = "a sentence the two must split alike"
     assert again.tokenizer.encode(text) == pipe.tokenizer.encode(text)
     again.close()
+
+
+def test_run_cli_and_library_train_the_same_tokenizer(tmp_path, capsys):
+    """One sampler and trainer (train_mixture_tokenizer) behind a run, `glam tokenizer train` and the library."""
+    from glam.cli.main import parse
+
+    configs = write_corpus(tmp_path)
+    cfg = dataclasses.replace(make_cfg(configs), model=ModelConfig(vocab_size=400, max_seq_len=64))
+    library = train_mixture_tokenizer(cfg, out_path=str(tmp_path / "lib.model"))
+    pipe = build_pipeline(cfg, str(tmp_path / "run"), prefetch=0)
+    pipe.close()
+    sources = (
+        "["
+        + ", ".join(f"{{name: {c.name}, path: {c.path}, weight: {c.weight}, format: {c.format}}}" for c in configs)
+        + "]"
+    )
+    argv = ["tokenizer", "train", "tiny", f"data.sources={sources}", "data.heldout_docs=2", "--vocab-size", "400"]
+    args = parse([*argv, "--output", str(tmp_path / "cli.model")])
+    assert args.func(args) == 0 and "wrote" in capsys.readouterr().out
+    assert library.model_proto == pipe.tokenizer.model_proto == (tmp_path / "cli.model").read_bytes()
+    assert (tmp_path / "lib.model").read_bytes() == library.model_proto

@@ -39,16 +39,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glam.data.pipeline import resolve_sources, tokenizer_sample
+    from glam.data.pipeline import resolve_sources, train_mixture_tokenizer
     from glam.data.sources import open_sources
-    from glam.data.tokenizer import train_tokenizer
 
     cfg = resolve(*split_spec(args.config))
     start = time.perf_counter()
     sources = open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
-    docs = tokenizer_sample(cfg, sources)
-    vocab = cfg.model.vocab_size if args.vocab_size is None else args.vocab_size
-    tokenizer = train_tokenizer(docs, vocab, args.output, model_type=args.model_type)
+    tokenizer = train_mixture_tokenizer(
+        cfg, sources, args.output, vocab_size=args.vocab_size, model_type=args.model_type
+    )
     names = ", ".join(s.name for s in sources)
     print(
         f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces ({args.model_type}) from up to "

@@ -56,6 +56,26 @@ def tokenizer_sample(cfg: GLaMConfig, sources: list[Source]) -> Iterator[str]:
     return iter_documents(sources, cfg.data.tokenizer_sample_docs, seed=cfg.data.seed, exclude=heldout)
 
 
+def train_mixture_tokenizer(
+    cfg: GLaMConfig,
+    sources: list[Source] | None = None,
+    out_path: str | None = None,
+    *,
+    vocab_size: int | None = None,
+    model_type: str = "unigram",
+) -> Tokenizer:
+    """A SentencePiece tokenizer trained on ``tokenizer_sample(cfg, sources)`` with ``vocab_size``
+    pieces (default ``model.vocab_size``), written to ``out_path`` (None: kept in memory).
+
+    The one way glam samples and trains a tokenizer: a run without ``data.tokenizer``,
+    ``glam tokenizer train``, the experiments' shared tokenizer and the test fixtures all call it.
+    ``sources``: the opened sources (default: ``resolve_sources(cfg)``, opened here).
+    """
+    sources = sources or open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
+    vocab = cfg.model.vocab_size if vocab_size is None else vocab_size
+    return train_tokenizer(tokenizer_sample(cfg, sources), vocab, out_path, model_type=model_type)
+
+
 def tokenizer_record(cfg: GLaMConfig) -> dict:
     """What a run's tokenizer comes from: ``data.tokenizer``, or the fields its training sample and
     size depend on. Saved beside it in the run directory, so another config's tokenizer is detected."""
@@ -81,8 +101,7 @@ def load_or_train_tokenizer(cfg: GLaMConfig, run_dir: str, sources: list[Source]
     elif os.path.isfile(path):
         tokenizer = Tokenizer(path)
     else:
-        sources = sources or open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
-        trained = train_tokenizer(tokenizer_sample(cfg, sources), cfg.model.vocab_size, None)
+        trained = train_mixture_tokenizer(cfg, sources)
         tokenizer = Tokenizer(path, model_proto=trained.model_proto)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise DataError(

@@ -24,6 +24,7 @@ MODULES = {
     "beta": ("pathlib", "os", "shutil", "tempfile", "subprocess", "logging", "dataclasses", "heapq"),
 }
 VOCAB = 512
+TOKENIZER_DOCS = 2000
 
 
 def _documents(module_names: tuple[str, ...]) -> list[str]:
@@ -52,16 +53,12 @@ def write_corpus(folder: str) -> list[dict]:
 
 def small_run_config(folder: str, **sections) -> str:
     """Write corpus, tokenizer and ``config.yaml`` into ``folder``; ``sections`` override config sections."""
-    from glam.data.sources import iter_documents, open_sources
-    from glam.data.tokenizer import train_tokenizer
+    from glam.config import merge_dict
+    from glam.data.pipeline import train_mixture_tokenizer
+    from glam.presets import get_preset
 
     sources = write_corpus(os.path.join(folder, "corpus"))
     tokenizer = os.path.join(folder, "tokenizer.model")
-    if not os.path.isfile(tokenizer):
-        from glam.config import SourceConfig, from_dict
-
-        opened = open_sources(tuple(from_dict(SourceConfig, s) for s in sources), "skip")
-        train_tokenizer(iter_documents(opened, 2000, seed=0), VOCAB, tokenizer)
     values = {
         "preset": "tiny",
         "model": {"d_model": 64, "vocab_size": VOCAB},
@@ -69,6 +66,10 @@ def small_run_config(folder: str, **sections) -> str:
         "train": {"batch_size": 8, "seq_len": 64, "log_every": 1, "eval_every": 5, "eval_batches": 1},
         "checkpoint": {"every": 5, "keep": 2},
     }
+    if not os.path.isfile(tokenizer):  # from the two sources alone, whatever ``sections`` change
+        data = {**values["data"], "tokenizer": "", "tokenizer_sample_docs": TOKENIZER_DOCS}
+        cfg = merge_dict(get_preset("tiny"), {"model": values["model"], "data": data})
+        train_mixture_tokenizer(cfg, out_path=tokenizer, vocab_size=VOCAB)
     for section, fields in sections.items():
         values.setdefault(section, {}).update(fields)
     path = os.path.join(folder, "config.yaml")
