@@ -12,7 +12,7 @@ from glam.config import ConfigError, SourceConfig
 from glam.data.default_corpus import default_sources
 from glam.data.errors import DataError
 from glam.data.shared_corpus import TABLE3_WEIGHTS, genre_of, shared_corpus_sources
-from glam.data.sources import Source, open_sources
+from glam.data.sources import Source, iter_documents, open_sources
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "corpus")
 
@@ -151,3 +151,19 @@ def test_default_corpus_is_machine_independent(tmp_path):
     assert len(text) > 2_000_000
     for leak in (sys.executable, sys.prefix, os.path.expanduser("~"), str(tmp_path)):
         assert leak not in text, leak
+
+
+def test_iter_documents_interleaves_the_sources_by_weight(tmp_path):
+    """A tokenizer sample cut anywhere (max_chars) holds each source in proportion to its weight."""
+    configs = []
+    for name, weight in (("a", 0.5), ("b", 0.25), ("c", 0.25)):
+        (tmp_path / f"{name}.txt").write_text("".join(f"{name}{i:03d}\n" for i in range(100)))
+        configs.append(SourceConfig(name, str(tmp_path / f"{name}.txt"), weight, "lines"))
+    sources = open_sources(tuple(configs))
+    sample = list(iter_documents(sources, 40, seed=3, exclude={"a": {0, 1, 2}}))
+    assert [d[0] for d in sample[:8]] == ["a", "b", "c", "a", "a", "b", "c", "a"]
+    assert [sum(d[0] == n for d in sample[:20]) for n in "abc"] == [10, 5, 5]
+    assert [sum(d[0] == n for d in sample) for n in "abc"] == [20, 10, 10]
+    assert len(set(sample)) == 40 and not {"a000", "a001", "a002"} & set(sample)
+    assert sample == list(iter_documents(sources, 40, seed=3, exclude={"a": {0, 1, 2}}))  # deterministic
+    assert sample != list(iter_documents(sources, 40, seed=4, exclude={"a": {0, 1, 2}}))

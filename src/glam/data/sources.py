@@ -442,18 +442,24 @@ def iter_documents(
 ) -> Iterator[str]:
     """Up to ``limit`` documents drawn round-robin by weight from ``sources`` (a tokenizer sample).
 
-    Each source contributes ``limit * weight / sum(weights)`` documents (at least one), chosen by a
-    seeded permutation so the sample spreads over the whole source; ``exclude[name]`` lists document
-    ids never to draw (the held-out documents: see ``glam.data.pipeline.tokenizer_sample``).
+    Each source contributes ``limit * weight / sum(weights)`` documents (at least one, at most all it
+    has), chosen by a seeded permutation so the sample spreads over the whole source; ``exclude[name]``
+    lists document ids never to draw (the held-out documents: see ``glam.data.pipeline.tokenizer_sample``).
+    The sources are interleaved: source s's j-th document of its n_s comes at position (j + 1/2) / n_s
+    of the sample (ties in source order), so any prefix of the sample (a ``max_chars`` cut) holds each
+    source in proportion to its share, not the first sources listed in full.
     """
     total = sum(s.weight for s in sources)
+    picks: list[np.ndarray] = []
     for source in sources:
         want = max(1, round(limit * source.weight / total))
         order = np.random.default_rng([seed, source_key(source.name)]).permutation(len(source))
         if exclude and exclude.get(source.name) is not None:
             order = order[~np.isin(order, np.asarray(list(exclude[source.name]), dtype=order.dtype))]
-        for k in order[:want]:
-            yield source.document(int(k))
+        picks.append(order[:want])
+    slots = [((j + 0.5) / len(p), i, int(k)) for i, p in enumerate(picks) for j, k in enumerate(p)]
+    for _, i, k in sorted(slots):
+        yield sources[i].document(k)
 
 
 def source_key(name: str) -> int:
