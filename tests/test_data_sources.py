@@ -167,3 +167,39 @@ def test_iter_documents_interleaves_the_sources_by_weight(tmp_path):
     assert len(set(sample)) == 40 and not {"a000", "a001", "a002"} & set(sample)
     assert sample == list(iter_documents(sources, 40, seed=3, exclude={"a": {0, 1, 2}}))  # deterministic
     assert sample != list(iter_documents(sources, 40, seed=4, exclude={"a": {0, 1, 2}}))
+
+
+def test_a_json_file_is_an_array_as_in_the_evals_and_jsonl_one_object_per_line(tmp_path):
+    """``.json`` is one JSON array of objects (the evals' ``json`` reader reads the same file the same way);
+    ``.jsonl`` is JSON Lines; a ``.json`` file of one object per line still reads as JSON Lines."""
+    from glam.evals.readers import read_json
+
+    records = [{"text": "first ☃"}, {"text": "second, with ] and ,"}, {"body": "no text"}, {"text": "third"}]
+    array = tmp_path / "a.json"
+    array.write_text(json.dumps(records, indent=2, ensure_ascii=False))
+    docs, source = docs_of(array)
+    assert docs == ["first ☃", "second, with ] and ,", "third"] and source.stats.bad_json == 1
+    assert [r.get("text") for r in read_json(array)] == ["first ☃", "second, with ] and ,", None, "third"]
+    (tmp_path / "b.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert docs_of(tmp_path / "b.json")[0] == ["first ☃", "second, with ] and ,", "third"]
+    assert docs_of(tmp_path, "auto")[0] == [*docs, *docs]  # a folder of both layouts
+
+
+def test_a_json_layout_the_rule_does_not_cover_is_one_line_naming_the_rule(tmp_path):
+    (tmp_path / "one.json").write_text('{\n  "text": "a pretty-printed object"\n}\n')
+    with pytest.raises(DataError, match=r"one\.json.*is none of the \.json formats.*one JSON array of objects"):
+        docs_of(tmp_path / "one.json")
+    (tmp_path / "array.jsonl").write_text('[{"text": "an array in a .jsonl file"}]\n')
+    with pytest.raises(DataError, match=r"array\.jsonl.*holds a JSON array, not JSON Lines.*format: auto"):
+        docs_of(tmp_path / "array.jsonl")
+    (tmp_path / "broken.json").write_text('[{"text": "ok"}, {"text": ]')
+    with pytest.raises(DataError, match=r"broken\.json.*not valid JSON at character 26 \(Expecting value\)"):
+        docs_of(tmp_path / "broken.json")
+
+
+def test_every_configurable_format_is_in_the_one_registry():
+    from glam.config import SOURCE_FORMATS
+    from glam.data.sources import FORMATS
+
+    assert set(SOURCE_FORMATS) - {"auto"} <= set(FORMATS)
+    assert set(FORMATS) - set(SOURCE_FORMATS) == {"json"}  # reached by auto (.json) until config lists it

@@ -1,4 +1,4 @@
-"""Document sources: local files (text, lines, paragraphs, JSONL, CSV, Parquet, two XML dialects) and
+"""Document sources: local files (text, lines, paragraphs, JSONL, JSON, CSV, Parquet, two XML dialects) and
 Hugging Face datasets, read by random access through a small index of document offsets.
 
 A :class:`Source` never holds its corpus in memory. On first use it scans its files once (streamed,
@@ -10,11 +10,18 @@ reported as one warning: the text policy of :mod:`glam.files`) and JSONL lines t
 (skipped and counted, or a :class:`DataError` when ``data.on_bad_json = "error"``). A file that is not
 text (compressed, UTF-16, binary) or cannot be read is a :class:`DataError` naming it.
 
-Formats (``SourceConfig.format``; ``auto`` picks one per file from its extension):
+Formats: one registry, :data:`FORMATS` (``register_format`` is the one place to add one);
+``SourceConfig.format`` names one, and ``auto`` picks one per file from its extension (and, where
+formats share an extension, from its first bytes):
 
 - ``text``: a file is one document.            - ``lines``: one document per non-blank line.
 - ``paragraphs``: documents separated by blank lines (books, transcripts).
-- ``jsonl``: one JSON object per line, text in ``text_field``.
+- ``jsonl`` (``.jsonl``): one JSON object per line, text in ``text_field``.
+- ``json`` (``.json``): one JSON array of objects, text in ``text_field`` — the layout the evals'
+  ``json`` reader reads (glam.evals.readers). The rule for ``.json``: a file starting with ``[`` is an
+  array; one whose first line is a whole JSON object is JSON Lines (one object per line); anything
+  else is a :class:`DataError` naming the rule. (``json`` is reached through ``auto`` for now: the
+  config's format names are glam.config's ``SOURCE_FORMATS``.)
 - ``csv``: one document per record; ``text_field`` names header columns or, with digits
   (``"1,2"``), 0-based column indices of a header-less file; the columns are joined by newlines.
 - ``parquet``: one document per row, text in column ``text_field`` (needs ``pip install glam[parquet]``).
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import glob
 import html
 import io
@@ -36,7 +44,7 @@ import os
 import re
 import zlib
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +53,6 @@ from glam.config import SourceConfig
 from glam.data.errors import DataError
 from glam.files import REPLACEMENT, SNIFF_BYTES, check_text, decode, unreadable, warn_replaced
 
-_EXTENSION_FORMATS = {
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-}
 _REPLACEMENT_BYTES = REPLACEMENT.encode()
 _CHUNK = 1 << 20
 
@@ -101,19 +102,61 @@ def resolve_paths(path: str, source_name: str = "") -> list[str]:
     raise DataError(f"{where}the path {path!r} does not exist; fix data.sources[].path (a file, directory or glob)")
 
 
+# --------------------------------------------------------------------------------------------
+# Formats: the one registry (FORMATS); a format is how a file's documents are found and read
+# --------------------------------------------------------------------------------------------
+
+#: ``records(f)``: byte ranges ``(start, end)`` of the candidate documents of an open binary file
+Records = Callable[[io.BufferedReader], Iterator[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One source format.
+
+    ``kind`` says how documents are located: ``records`` (byte ranges from ``records``, each decoded
+    and passed to ``extract``; the default), ``file`` (a whole file is one document), ``parquet``
+    (table rows) or ``hf`` (a Hugging Face dataset). ``extensions`` are the file endings ``auto``
+    maps to this format; where several formats claim one ending, ``sniff(first bytes)`` picks among
+    them (in registry order). ``check(path, first bytes)`` may refuse a file with a clear error;
+    ``prepare(path, cfg)`` gives the per-file config and how many leading records to skip (a header).
+    """
+
+    name: str
+    extract: Callable[[str, SourceConfig], str] = lambda text, cfg: text
+    records: Records | None = None
+    kind: str = "records"
+    extensions: tuple[str, ...] = ()
+    sniff: Callable[[bytes], bool] | None = None
+    check: Callable[[str, bytes], None] | None = None
+    prepare: Callable[[str, SourceConfig], tuple[SourceConfig, int]] | None = None
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    """Add a format (the one place to add one); its name is then valid in ``SourceConfig.format``."""
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
 def detect_format(path: str) -> str:
-    """The format ``auto`` means for one file: by extension, and for ``.xml`` by its first bytes."""
+    """The format ``auto`` means for one file: by extension (``text`` when none claims it), and where
+    several formats share an extension (``.xml``, ``.json``) by the file's first bytes."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".xml":
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-        return "xml_posts" if b"<Post" in head else "stackexchange"
-    return _EXTENSION_FORMATS.get(ext, "text")
-
-
-# --------------------------------------------------------------------------------------------
-# Records: byte ranges of a file that each hold one document
-# --------------------------------------------------------------------------------------------
+    candidates = [f for f in FORMATS.values() if ext in f.extensions]
+    if len(candidates) <= 1:
+        return candidates[0].name if candidates else "text"
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    for fmt in candidates:
+        if fmt.sniff is None or fmt.sniff(head):
+            return fmt.name
+    raise DataError(
+        f"{path!r} is none of the {ext} formats ({', '.join(f.name for f in candidates)}): "
+        + (_JSON_RULE if ext == ".json" else "check the file, or set the source's format")
+    )
 
 
 def _lines(f: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
@@ -124,38 +167,117 @@ def _lines(f: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
         offset += len(line)
 
 
-def _records(fmt: str, f: io.BufferedReader) -> Iterator[tuple[int, int]]:
-    """Byte ranges ``(start, end)`` of the candidate documents of one file in format ``fmt``."""
-    if fmt in ("lines", "jsonl", "stackexchange"):
-        marker = b"<row " if fmt == "stackexchange" else None
+def _line_records(marker: bytes | None = None) -> Records:
+    """Every non-blank line (holding ``marker``, if given) is a record."""
+
+    def records(f: io.BufferedReader) -> Iterator[tuple[int, int]]:
         for start, line in _lines(f):
             if line.strip() and (marker is None or marker in line):
                 yield start, start + len(line)
-        return
-    start = None  # start of the record being accumulated
-    quotes = 0
+
+    return records
+
+
+def _paragraph_records(f: io.BufferedReader) -> Iterator[tuple[int, int]]:
+    """Runs of non-blank lines separated by blank lines."""
+    start, end = None, 0
     for offset, line in _lines(f):
         end = offset + len(line)
-        if fmt == "paragraphs":
-            if line.strip():
-                start = offset if start is None else start
-            elif start is not None:
-                yield start, offset
-                start = None
-        elif fmt == "csv":
+        if line.strip():
             start = offset if start is None else start
-            quotes += line.count(b'"')
-            if quotes % 2 == 0:  # a quoted field may span lines: a record ends with balanced quotes
-                yield start, end
-                start, quotes = None, 0
-        elif fmt == "xml_posts":
-            if start is None and b"<Post" in line:
-                start = offset
-            if start is not None and (b"<terminals" in line or b"</Post>" in line):
-                yield start, end
-                start = None
+        elif start is not None:
+            yield start, offset
+            start = None
     if start is not None:
         yield start, end
+
+
+def _csv_records(f: io.BufferedReader) -> Iterator[tuple[int, int]]:
+    """CSV records; a quoted field may span lines, so a record ends where its quotes balance."""
+    start, quotes, end = None, 0, 0
+    for offset, line in _lines(f):
+        end = offset + len(line)
+        start = offset if start is None else start
+        quotes += line.count(b'"')
+        if quotes % 2 == 0:
+            yield start, end
+            start, quotes = None, 0
+    if start is not None:
+        yield start, end
+
+
+def _xml_post_records(f: io.BufferedReader) -> Iterator[tuple[int, int]]:
+    """From a ``<Post`` line to the line that ends the post (``<terminals`` or ``</Post>``)."""
+    start, end = None, 0
+    for offset, line in _lines(f):
+        end = offset + len(line)
+        if start is None and b"<Post" in line:
+            start = offset
+        if start is not None and (b"<terminals" in line or b"</Post>" in line):
+            yield start, end
+            start = None
+    if start is not None:
+        yield start, end
+
+
+def _json_array_records(f: io.BufferedReader) -> Iterator[tuple[int, int]]:
+    """The byte range of each element of a JSON array (the file is one JSON value, so it is read whole
+    once while indexing; JSON Lines is the streamed layout for large files)."""
+    raw = f.read()
+    text = raw.decode("utf-8", errors="surrogateescape")  # one char per undecodable byte: offsets stay exact
+    decoder, pos, offset = json.JSONDecoder(), 0, 0  # ``offset``: bytes before ``text[pos]``
+
+    def advance(to: int) -> None:
+        nonlocal pos, offset
+        offset += len(text[pos:to].encode("utf-8", errors="surrogateescape"))
+        pos = to
+
+    def skip(chars: str) -> None:
+        to = pos
+        while to < len(text) and (text[to].isspace() or text[to] in chars):
+            to += 1
+        advance(to)
+
+    skip("")
+    if text[pos : pos + 1] != "[":
+        raise DataError(f"{f.name!r} is not a JSON array (it does not start with '['); {_JSON_RULE}")
+    advance(pos + 1)
+    while True:
+        skip(",")
+        if text[pos : pos + 1] in ("]", ""):
+            return
+        start = offset
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{f.name!r}: not valid JSON at character {exc.pos} ({exc.msg}); fix the file") from None
+        advance(end)
+        yield start, offset
+
+
+def _first_char(head: bytes) -> bytes:
+    return head.lstrip()[:1]
+
+
+def _refuse_json_array(path: str, head: bytes) -> None:
+    if _first_char(head) == b"[":
+        raise DataError(f"{path!r} holds a JSON array, not JSON Lines; {_JSON_RULE}")
+
+
+_JSON_RULE = (
+    "glam reads a .json file as one JSON array of objects and a .jsonl file (or a .json file whose lines "
+    "are objects) as JSON Lines, one object per line; name the file for its layout and use format: auto"
+)
+
+
+def _xml_post_text(text: str, cfg: SourceConfig) -> str:
+    match = _POST_TEXT.search(text)
+    return html.unescape(match.group(1)).strip() if match else ""
+
+
+def _stackexchange_text(text: str, cfg: SourceConfig) -> str:
+    match = _SE_ATTR.search(text)
+    return _html_to_text(html.unescape(match.group(1))) if match else ""
 
 
 _TAG = re.compile(r"<[^>]+>")
@@ -166,25 +288,6 @@ _SE_ATTR = re.compile(r'\s(?:Body|Text)="([^"]*)"')
 def _html_to_text(fragment: str) -> str:
     """Stack Exchange bodies are HTML: drop the tags, then resolve the entities."""
     return html.unescape(_TAG.sub("", fragment)).strip()
-
-
-def _extract(fmt: str, text: str, cfg: SourceConfig) -> str:
-    """The document text of one decoded record (may be empty: the caller skips it)."""
-    if fmt == "text":
-        return text
-    if fmt in ("lines", "paragraphs"):
-        return text.rstrip("\r\n")
-    if fmt == "jsonl":
-        return jsonl_text(text, cfg.text_field)
-    if fmt == "csv":
-        return _csv_text(text, cfg.text_field)
-    if fmt == "xml_posts":
-        match = _POST_TEXT.search(text)
-        return html.unescape(match.group(1)).strip() if match else ""
-    if fmt == "stackexchange":
-        match = _SE_ATTR.search(text)
-        return _html_to_text(html.unescape(match.group(1))) if match else ""
-    raise AssertionError(fmt)
 
 
 def jsonl_text(line: str, text_field: str) -> str:
@@ -198,27 +301,75 @@ def jsonl_text(line: str, text_field: str) -> str:
     return value[text_field]
 
 
-def _csv_text(record: str, text_field: str) -> str:
-    """Columns of one CSV record joined by newlines; header names are resolved by the caller."""
+def _is_json_lines(head: bytes) -> bool:
+    """A ``.json`` file whose first line is a JSON object on its own (a file of one object per line)."""
+    first = head.lstrip().split(b"\n", 1)
+    if not first[0].startswith(b"{"):
+        return False
+    if len(first) == 1:  # a first line longer than the sniffed bytes
+        return True
+    try:
+        return isinstance(json.loads(first[0]), dict)
+    except ValueError:
+        return False
+
+
+def _csv_text(record: str, cfg: SourceConfig) -> str:
+    """Columns of one CSV record joined by newlines (``text_field``: 0-based indices, see ``_csv_prepare``)."""
     row = next(csv.reader([record.rstrip("\r\n")]), [])
-    columns = [int(c) for c in text_field.split(",")]
+    columns = [int(c) for c in cfg.text_field.split(",")]
     return "\n".join(row[c] for c in columns if c < len(row))
 
 
-def _csv_columns(path: str, text_field: str) -> tuple[str, bool]:
-    """``text_field`` as column indices, and whether the file's first record is a header."""
-    if re.fullmatch(r"\d+(,\d+)*", text_field):
-        return text_field, False
+def _csv_prepare(path: str, cfg: SourceConfig) -> tuple[SourceConfig, int]:
+    """``text_field`` as column indices, and 1 (a header record to skip) when it named columns."""
+    if re.fullmatch(r"\d+(,\d+)*", cfg.text_field):
+        return cfg, 0
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         header = next(csv.reader(f), [])
-    wanted = text_field.split(",")
+    wanted = cfg.text_field.split(",")
     missing = [w for w in wanted if w not in header]
     if missing:
         raise DataError(
             f"CSV file {path!r} has no column {missing[0]!r} (header: {header}); set text_field to column names "
             "or to 0-based indices like '1,2' for a file without a header"
         )
-    return ",".join(str(header.index(w)) for w in wanted), True
+    return dataclasses.replace(cfg, text_field=",".join(str(header.index(w)) for w in wanted)), 1
+
+
+def _line_text(text: str, cfg: SourceConfig) -> str:
+    return text.rstrip("\r\n")
+
+
+register_format(Format("text", kind="file"))
+register_format(Format("lines", _line_text, _line_records()))
+register_format(Format("paragraphs", _line_text, _paragraph_records))
+register_format(
+    Format(
+        "json",
+        lambda text, cfg: jsonl_text(text, cfg.text_field),
+        _json_array_records,
+        extensions=(".json",),
+        sniff=lambda head: _first_char(head) == b"[",
+    )
+)
+register_format(
+    Format(
+        "jsonl",
+        lambda text, cfg: jsonl_text(text, cfg.text_field),
+        _line_records(),
+        extensions=(".jsonl", ".json"),
+        sniff=_is_json_lines,
+        check=_refuse_json_array,
+    )
+)
+register_format(Format("csv", _csv_text, _csv_records, extensions=(".csv",), prepare=_csv_prepare))
+register_format(Format("parquet", kind="parquet", extensions=(".parquet", ".pq")))
+register_format(
+    Format("xml_posts", _xml_post_text, _xml_post_records, extensions=(".xml",), sniff=lambda h: b"<Post" in h)
+)
+register_format(Format("stackexchange", _stackexchange_text, _line_records(b"<row "), extensions=(".xml",)))
+register_format(Format("hf", kind="hf"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,8 +392,8 @@ class Source:
         self.on_bad_json = on_bad_json
         self.stats = SourceStats()
         self._files: list[str] = []
-        self._formats: list[str] = []
-        self._csv_columns: list[str] = []
+        self._formats: list[Format] = []  # per file
+        self._file_cfgs: list[SourceConfig] = []  # per file: the config its records are read with
         self._index: np.ndarray | None = None  # [D, 3] int64: file id, start, end
         self._table_cache: OrderedDict = OrderedDict()
         self._hf = None
@@ -264,14 +415,15 @@ class Source:
         """The text of document ``k``, read from disk."""
         file_id, start, end = (int(v) for v in self.index[k])
         fmt = self._formats[file_id]
-        if fmt == "hf":
+        if fmt.kind == "hf":
             return self._hf[start][self.cfg.text_field]
-        if fmt == "parquet":
+        if fmt.kind == "parquet":
             return self._parquet_row(file_id, start)
         with open(self._files[file_id], "rb") as f:
             f.seek(start)
             raw = f.read(end - start)
-        return _extract(fmt, decode(raw)[0], self._file_cfg(file_id))
+        text = decode(raw)[0]
+        return text if fmt.kind == "file" else fmt.extract(text, self._file_cfgs[file_id])
 
     def __iter__(self) -> Iterator[str]:
         for k in range(len(self)):
@@ -280,7 +432,7 @@ class Source:
     # Index building --------------------------------------------------------------------------
 
     def _build_index(self) -> np.ndarray:
-        if self.cfg.format == "hf" or self.cfg.path.startswith("hf:"):
+        if self.cfg.format == "hf" or self.cfg.path.startswith("hf:"):  # a dataset, not files
             rows = self._index_hf()
         else:
             self._files = resolve_paths(self.cfg.path, self.name)
@@ -300,32 +452,31 @@ class Source:
 
     def _index_path(self, file_id: int, path: str) -> Iterator[tuple[int, int]]:
         """Byte ranges (or Parquet rows) of one file's documents; a file that is not text is refused."""
-        fmt = detect_format(path) if self.cfg.format == "auto" else self.cfg.format
+        where = f"data source {self.name!r}: "
+        try:
+            fmt = FORMATS[detect_format(path) if self.cfg.format == "auto" else self.cfg.format]
+        except DataError as exc:
+            raise DataError(f"{where}{exc}") from None
+        cfg, skip = fmt.prepare(path, self.cfg) if fmt.prepare else (self.cfg, 0)
         self._formats.append(fmt)
-        self._csv_columns.append("")
-        if fmt == "parquet":
-            return self._index_parquet(file_id, path, fmt)
+        self._file_cfgs.append(cfg)
+        if fmt.kind == "parquet":
+            return self._index_parquet(file_id, path)
         with open(path, "rb") as f:
-            check_text(path, f.read(SNIFF_BYTES), f"data source {self.name!r}: ")
-        return self._index_file(file_id, path, fmt)
+            head = f.read(SNIFF_BYTES)
+        check_text(path, head, where)
+        if fmt.check:
+            fmt.check(path, head)
+        if fmt.kind == "file":
+            return self._index_whole_file(path)
+        return self._index_records(path, fmt, cfg, skip)
 
-    def _file_cfg(self, file_id: int) -> SourceConfig:
-        if self._formats[file_id] != "csv":
-            return self.cfg
-        return SourceConfig(self.name, self.cfg.path, self.weight, "csv", self._csv_columns[file_id])
-
-    def _index_file(self, file_id: int, path: str, fmt: str) -> Iterator[tuple[int, int]]:
-        """Scan one text-like file: byte ranges of its non-empty documents."""
-        if fmt == "text":
-            yield from self._index_whole_file(path)
-            return
-        skip_header = False
-        if fmt == "csv":
-            self._csv_columns[file_id], skip_header = _csv_columns(path, self.cfg.text_field)
-        cfg = self._file_cfg(file_id)
+    def _index_records(self, path: str, fmt: Format, cfg: SourceConfig, skip: int) -> Iterator[tuple[int, int]]:
+        """Scan one text-like file: byte ranges of its non-empty documents (the first ``skip`` records
+        are a header)."""
         with open(path, "rb") as f:
-            for number, (start, end) in enumerate(_records(fmt, f)):
-                if skip_header and number == 0:
+            for number, (start, end) in enumerate(fmt.records(f)):
+                if number < skip:
                     continue
                 here = f.tell()
                 f.seek(start)
@@ -333,7 +484,7 @@ class Source:
                 f.seek(here)
                 self.stats.decode_replacements += replaced
                 try:
-                    doc = _extract(fmt, text, cfg)
+                    doc = fmt.extract(text, cfg)
                 except BadRecord as exc:
                     self._bad_json(path, text, str(exc))
                     continue
@@ -363,7 +514,7 @@ class Source:
         if nonblank:
             yield 0, size
 
-    def _index_parquet(self, file_id: int, path: str, fmt: str) -> Iterator[tuple[int, int]]:
+    def _index_parquet(self, file_id: int, path: str) -> Iterator[tuple[int, int]]:
         """Rows of a Parquet file with non-empty text, read one row group at a time."""
         pq = _import_pyarrow_parquet()
         pf = pq.ParquetFile(path)
@@ -410,7 +561,7 @@ class Source:
             self._hf = datasets.load_dataset(name, config or None, split="train")
         except Exception as exc:  # datasets raises many types: network, missing dataset, bad config
             raise DataError(f"data source {self.name!r}: cannot load Hugging Face dataset {name!r}: {exc}") from None
-        self._files, self._formats, self.stats.files = [self.cfg.path], ["hf"], 1
+        self._files, self._formats, self._file_cfgs, self.stats.files = [self.cfg.path], [FORMATS["hf"]], [self.cfg], 1
         rows = []
         for start in range(0, len(self._hf), 10_000):
             texts = self._hf[start : start + 10_000][self.cfg.text_field]
