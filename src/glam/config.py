@@ -83,9 +83,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MoEConfig:
-    """GShard top-2 gating (reference doc §3). ``num_experts = 0`` makes a dense model."""
+    """GShard top-2 gating (reference doc §3) and its variants. ``num_experts = 0`` makes a dense model.
+
+    ``top_k``: experts per token (2 = GShard, exactly; 1 = Switch). ``router_z_loss``: ST-MoE's weight on
+    mean(logsumexp(router logits)²) (Zoph et al. 2022; 1e-3 there), distinct from train.z_loss_weight
+    on the output logits. ``shared_experts``: always-on experts of the expert form added to the routed
+    output (DeepSeekMoE), counted as activated parameters.
+    """
 
     num_experts: int = 64
+    top_k: int = 2
     capacity_factor_train: float = 2.0
     capacity_factor_eval: float = 2.0
     capacity_multiple: int = 4
@@ -96,14 +103,28 @@ class MoEConfig:
     dispatch: Literal["einsum", "index", "dropless"] = "index"
     eval_no_drop: bool = False
     expert_dim: int = 0  # expert hidden width F_e; 0 = model.ffn_dim
+    router_z_loss: float = 0.0
+    shared_experts: int = 0
 
     def __post_init__(self) -> None:
         _check(self.num_experts >= 0, "moe.num_experts", "must be >= 0 (0 means a dense model)")
         _check(
             self.num_experts != 1,
             "moe.num_experts",
-            "top-2 gating needs at least 2 experts; use 0 for a dense model",
+            "a MoE layer needs at least 2 experts; use 0 for a dense model",
         )
+        _check(
+            self.top_k >= 1 and (self.num_experts == 0 or self.top_k <= self.num_experts),
+            "moe.top_k",
+            f"must be between 1 and moe.num_experts={self.num_experts} (2 = GShard, 1 = Switch)",
+        )
+        _check(
+            self.second_expert_policy == "all" or self.top_k == 2,
+            "moe.second_expert_policy",
+            "'random' is GShard's rule for a second expert: it needs moe.top_k=2",
+        )
+        _check(self.router_z_loss >= 0, "moe.router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
+        _check(self.shared_experts >= 0, "moe.shared_experts", "must be >= 0")
         _check(self.capacity_factor_train > 0, "moe.capacity_factor_train", "must be > 0")
         _check(self.capacity_factor_eval > 0, "moe.capacity_factor_eval", "must be > 0")
         _check(self.capacity_multiple >= 1, "moe.capacity_multiple", "must be >= 1")

@@ -2,7 +2,7 @@
 
 Counting (reference doc §1): total parameters are summed over the real parameter shapes of
 ``jax.eval_shape`` (nothing allocated). Activated parameters per token count each MoE layer's
-experts at top-2 / E of their size (the router and everything else in full).
+routed experts at top_k / E of their size (the router, shared experts and everything else in full).
 
 FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B):
   training  = 6·N + 12·L·A·S
@@ -19,8 +19,6 @@ import jax
 
 from glam.config import GLaMConfig
 from glam.model.init import abstract_params, param_axes
-
-TOP_K = 2
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ def model_size(cfg: GLaMConfig, seq_len: int | None = None) -> ModelSize:
         if "expert" in names:
             experts += size
     E = cfg.moe.num_experts
-    activated = total - experts + (experts * TOP_K // E if E else 0)
+    activated = total - experts + (experts * cfg.moe.top_k // E if E else 0)
     m = cfg.model
     S = seq_len or cfg.train.seq_len
     attn = m.num_layers * m.num_heads * m.head_dim * S
@@ -67,8 +65,9 @@ def counting_rule(cfg: GLaMConfig) -> tuple[int, int]:
     embed = m.vocab_size * M
     if E:
         dense = (L // 2) * 3 * M * F
-        moe_total = (L // 2) * (E * expert + M * E)
-        moe_active = (L // 2) * (TOP_K * expert + M * E)
+        shared = cfg.moe.shared_experts * expert  # always on: total and activated alike
+        moe_total = (L // 2) * (E * expert + shared + M * E)
+        moe_active = (L // 2) * (cfg.moe.top_k * expert + shared + M * E)
     else:
         dense, moe_total, moe_active = L * 3 * M * F, 0, 0
     base = attention + norms + embed + dense

@@ -39,4 +39,8 @@ def loss_fn(cfg: GLaMConfig, params: dict, batch: dict, *, train: bool = True, r
     aux = jnp.sum(stats["aux_loss"]) if cfg.is_moe else jnp.zeros((), jnp.float32)
     loss = ce + cfg.moe.aux_loss_weight * aux + cfg.train.z_loss_weight * z_loss
     metrics = {"loss": loss, "ce_loss": ce, "aux_loss": aux, "z_loss": z_loss, "tokens": n, "moe": stats}
+    if cfg.is_moe and cfg.moe.router_z_loss:  # summed over MoE layers, as the aux loss
+        router_z = jnp.sum(stats["router_z_loss"])
+        loss = loss + cfg.moe.router_z_loss * router_z
+        metrics.update(loss=loss, router_z_loss=router_z)
     return loss, metrics

@@ -3,7 +3,8 @@
 The loop keeps each step's metrics on device and fetches a whole window at a log step (the only host
 synchronisation). ``summarize`` turns the window into one record:
 
-- means over the window of loss, ce_loss, aux_loss, z_loss, grad_norm; the lr of the last step;
+- means over the window of loss, ce_loss, aux_loss, z_loss, grad_norm (and router_z_loss when
+  moe.router_z_loss > 0); the lr of the last step;
 - throughput (tokens/s) and MFU = tokens/s · FLOPs per token / (peak FLOP/s per device · devices),
   FLOPs per token from ``glam.model.flops`` (PaLM appendix B: 6·N_activated + 12·L·A·S);
 - per MoE layer i (reference doc §3): ``moe/dropped_first/i``, ``moe/dropped_second/i`` (fractions of
@@ -73,6 +74,8 @@ def summarize(
     """
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *window)
     record = {name: float(np.mean(stacked[name])) for name in SCALARS}
+    if "router_z_loss" in stacked:  # moe.router_z_loss > 0
+        record["router_z_loss"] = float(np.mean(stacked["router_z_loss"]))
     tokens_per_sec = timed_steps * tokens_per_step / seconds if timed_steps and seconds > 0 else 0.0
     record.update(
         lr=float(stacked["lr"][-1]),

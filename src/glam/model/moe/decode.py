@@ -1,4 +1,4 @@
-"""The MoE layer of a decode step: every current token goes to its top-2 experts, nothing dropped.
+"""The MoE layer of a decode step: every current token goes to its top-k experts, nothing dropped.
 
 A decode step feeds T = B tokens, one per row (letters of docs/design.md; T here counts those
 tokens). The full forward pass routes each sequence as a group with capacity C, where a token's
@@ -6,11 +6,12 @@ assignment can be dropped because of LATER tokens of its sequence (every first c
 every second choice), which a decode step cannot know. Routing the B current tokens as one group
 with a finite capacity instead would make rows compete for slots, so a row's continuation would
 depend on its batchmates. So a decode step has no capacity: each token's output is
-``g1·expert_e1(x) + g2·expert_e2(x)`` of that token alone, batch-independent, and equal to the full
+``Σ_j g_j·expert_{e_j}(x)`` of that token alone, batch-independent, and equal to the full
 forward pass whenever the full pass drops nothing (always with ``moe.eval_no_drop=true``).
 
-Gates are GShard's top-2 (reference doc §3, as ``gating.top2_gating``): softmax over E in fp32,
-the two largest (first choice first), renormalised g1/(g1+g2), g2/(g1+g2); an invalid token
+Gates are those of ``gating.topk_gating`` (reference doc §3 for k = 2): softmax over E in fp32,
+the k largest (first choice first), renormalised to sum to 1 for k >= 2 (GShard), the probability
+itself for k = 1 (Switch); an invalid token
 (segment id 0: a finished or filler row) has gates 0 and contributes nothing.
 
 Two ways to run the experts, both exact (nothing is dropped), picked by shape:
@@ -18,10 +19,10 @@ Two ways to run the experts, both exact (nothing is dropped), picked by shape:
 - ``grouped`` (the default): each expert's tokens gathered into a buffer [E, C, M] whose capacity C
   is the smallest of 1, 2, 4, ..., T that holds the busiest expert's tokens this step, chosen at run
   time by ``lax.switch`` (one compiled branch per size). The experts' compute is E·C rows, about the
-  2T the assignments need when routing is balanced, instead of E·T for every expert on every token;
+  kT the assignments need when routing is balanced, instead of E·T for every expert on every token;
   every expert's weights are read once.
-- ``sliced`` (few assignments: T = 1, or 8T <= E): each of the 2T assignments reads its expert's
-  weights by a dynamic slice, so a step reads 2T experts' weights instead of all E.
+- ``sliced`` (few assignments: T = 1, or 8T <= E): each of the kT assignments reads its expert's
+  weights by a dynamic slice, so a step reads kT experts' weights instead of all E.
 
 A decode step on CPU is bound by reading the weights whenever the experts it touches hold most of
 them: at T = 8 with E = 8, 16 draws touch 7 of the 8 experts on average. docs/benchmarks.md §5
@@ -36,26 +37,32 @@ import jax.numpy as jnp
 from glam.model.moe.dispatch import ExpertFFN
 
 
-def top2_no_capacity(logits: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Router logits [T, E] → (expert [T, 2] int32, gate [T, 2] fp32), first choice first."""
+def topk_no_capacity(logits: jax.Array, valid: jax.Array | None = None, k: int = 2) -> tuple[jax.Array, jax.Array]:
+    """Router logits [T, E] → (expert [T, k] int32, gate [T, k] fp32), first choice first."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    gate, expert = jax.lax.top_k(probs, 2)
-    gate = gate / jnp.sum(gate, axis=-1, keepdims=True)  # g1 + g2 >= 1/E > 0
+    gate, expert = jax.lax.top_k(probs, k)
+    if k > 1:
+        gate = gate / jnp.sum(gate, axis=-1, keepdims=True)  # >= 1/E > 0
     if valid is not None:
         gate = jnp.where(valid[:, None], gate, 0.0)
     return expert.astype(jnp.int32), gate
 
 
+def top2_no_capacity(logits: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """GShard's top-2 (:func:`topk_no_capacity` with k = 2)."""
+    return topk_no_capacity(logits, valid, 2)
+
+
 def _grouped(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) -> jax.Array:
     """Every expert on its own tokens, in a buffer [E, C, M] just big enough for this step."""
     T, M = x.shape
-    E = ffn.w_in.shape[0]
+    E, K = ffn.w_in.shape[0], expert.shape[-1]
     dtype = x.dtype
-    e_a = expert.reshape(-1)  # [A = 2T]: assignment a = 2t + k
-    t_a = jnp.arange(2 * T, dtype=jnp.int32) // 2
+    e_a = expert.reshape(-1)  # [A = KT]: assignment a = Kt + k
+    t_a = jnp.arange(K * T, dtype=jnp.int32) // K
     onehot = jax.nn.one_hot(e_a, E, dtype=jnp.int32)  # [A, E]
     slot_a = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # [A]: its place in its expert's buffer
-    busiest = jnp.max(jnp.sum(onehot, axis=0))  # <= T: a token's two experts differ
+    busiest = jnp.max(jnp.sum(onehot, axis=0))  # <= T: a token's k experts differ
     sizes = [1]
     while sizes[-1] < T:
         sizes.append(min(2 * sizes[-1], T))
@@ -67,7 +74,7 @@ def _grouped(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) -
             xe = xz[table]  # [E, C, M]
             h = ffn.hidden(lambda w: jnp.einsum("ecm,emf->ecf", xe, w.astype(dtype)))
             ye = jnp.einsum("ecf,efm->ecm", h, ffn.w_out[...].astype(dtype))
-            return jnp.einsum("tkm,tk->tm", ye[e_a, slot_a].reshape(T, 2, M), gate.astype(dtype))
+            return jnp.einsum("tkm,tk->tm", ye[e_a, slot_a].reshape(T, K, M), gate.astype(dtype))
 
         return branch
 
@@ -76,7 +83,7 @@ def _grouped(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) -
 
 
 def _sliced(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) -> jax.Array:
-    """Each of the 2T assignments through its own expert's weights, read by a dynamic slice."""
+    """Each of the kT assignments through its own expert's weights, read by a dynamic slice."""
     T, _ = x.shape
     dtype = x.dtype
 
@@ -88,7 +95,13 @@ def _sliced(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) ->
         return jnp.einsum("f,fm->m", h, take(ffn.w_out[...]))
 
     g = gate.astype(dtype)
-    return jnp.stack([g[t, 0] * one(x[t], expert[t, 0]) + g[t, 1] * one(x[t], expert[t, 1]) for t in range(T)])
+    rows = []
+    for t in range(T):
+        y = g[t, 0] * one(x[t], expert[t, 0])
+        for j in range(1, expert.shape[-1]):
+            y = y + g[t, j] * one(x[t], expert[t, j])
+        rows.append(y)
+    return jnp.stack(rows)
 
 
 def decode_moe(
@@ -97,11 +110,12 @@ def decode_moe(
     ffn: ExpertFFN,
     valid: jax.Array | None = None,  # [T] bool, False for finished and filler rows
     path: str | None = None,  # "grouped" or "sliced"; default: by shape (module doc)
+    k: int = 2,  # experts per token (moe.top_k)
 ) -> jax.Array:
     """y [T, M] = Σ_k gate_k · expert_{e_k}(x) per token, with no capacity (see the module doc)."""
     T, _ = x.shape
     E = w_router.shape[-1]
     logits = jnp.einsum("tm,me->te", x.astype(jnp.float32), w_router)
-    expert, gate = top2_no_capacity(logits, valid)
+    expert, gate = topk_no_capacity(logits, valid, k)
     path = path or ("sliced" if 8 * T <= E or T == 1 else "grouped")
     return (_sliced if path == "sliced" else _grouped)(x, expert, gate, ffn)

@@ -46,7 +46,7 @@ def einsum_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, 
     slot = (
         jax.nn.one_hot(r.expert, E, dtype=dtype)[..., None] * jax.nn.one_hot(r.position, C, dtype=dtype)[..., None, :]
     )
-    slot = slot * r.kept[..., None, None].astype(dtype)  # [G, S, 2, E, C]
+    slot = slot * r.kept[..., None, None].astype(dtype)  # [G, S, K, E, C]
     dispatch = jnp.sum(slot, axis=2)  # [G, S, E, C] 0/1
     combine = jnp.einsum("gskec,gsk->gsec", slot, r.gate.astype(dtype))
     xe = constrain(jnp.einsum("gsec,gsm->egcm", dispatch, x), ax.EGCM)
@@ -55,14 +55,14 @@ def einsum_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, 
 
 
 def _flat_slot(r: Routing, num_experts: int, capacity: int) -> jax.Array:
-    """[G, S, 2] index into an expert buffer flattened to E·C slots; E·C (a sentinel) where dropped."""
+    """[G, S, K] index into an expert buffer flattened to E·C slots; E·C (a sentinel) where dropped."""
     return jnp.where(r.kept, r.expert * capacity + r.position, num_experts * capacity)
 
 
 def index_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, capacity: int) -> jax.Array:
     G, S, M = x.shape
     E, C = num_experts, capacity
-    flat = _flat_slot(r, E, C)  # [G, S, 2]
+    flat = _flat_slot(r, E, C)  # [G, S, K]
     # token_of_slot[g, e·C + c] = the token in that slot, or S (a zero row) when the slot is empty
     tokens = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32)[None, :, None], flat.shape)
     token_of_slot = jnp.full((G, E * C + 1), S, jnp.int32)
@@ -74,7 +74,7 @@ def index_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, c
     ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM).reshape(G, E * C, M)  # all-to-all back
     ye_pad = jnp.concatenate([ye, jnp.zeros((G, 1, M), ye.dtype)], axis=1)  # [G, E·C+1, M]
     y = jnp.zeros_like(x)
-    for k in range(2):
+    for k in range(r.expert.shape[-1]):
         picked = jnp.take_along_axis(ye_pad, flat[..., k, None], axis=1)  # [G, S, M]
         y = y + r.gate[..., k, None].astype(x.dtype) * picked
     return constrain(y, ax.GSM)
@@ -99,7 +99,7 @@ def grouped_matmul_impl() -> str:
 class SortedPlan(NamedTuple):
     """Assignments sorted by expert into blocks of ``rows`` rows, each block owned by one expert.
 
-    ``src[i]``: the flat assignment (token·2 + k) in padded row i, or A (a zero row) for padding;
+    ``src[i]``: the flat assignment (token·K + k) in padded row i, or A (a zero row) for padding;
     ``dst[a]``: the padded row of assignment a, or nb·rows (a zero row) if the policy dropped it;
     ``block_expert [nb]``, ``block_used [nb]``; ``group_sizes [E]`` assignments per expert.
     """
@@ -184,26 +184,27 @@ def dropless_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int
     """
     _check_unsharded()
     G, S, M = x.shape
-    E, A = num_experts, G * S * 2
+    K = r.expert.shape[-1]
+    E, A = num_experts, G * S * K
     dtype = x.dtype
     w_out = ffn.w_out[...].astype(dtype)
-    expert = jnp.where(r.kept, r.expert, E).reshape(A)  # [A], assignment a = token·2 + k
+    expert = jnp.where(r.kept, r.expert, E).reshape(A)  # [A], assignment a = token·K + k
     x_pad = jnp.concatenate([x.reshape(G * S, M), jnp.zeros((1, M), dtype)])  # [G·S+1, M], last row zero
     if grouped_matmul_impl() == "ragged":
         order = jnp.argsort(expert, stable=True)
         sizes = jnp.bincount(expert, length=E + 1)[:E].astype(jnp.int32)
-        xs = x_pad[order // 2]  # [A, M]; rows past sum(sizes) (dropped) come out of ragged_dot as 0
+        xs = x_pad[order // K]  # [A, M]; rows past sum(sizes) (dropped) come out of ragged_dot as 0
         h = ffn.hidden(lambda w: jax.lax.ragged_dot(xs, w.astype(dtype), sizes))
         ys = jax.lax.ragged_dot(h, w_out, sizes)
         y_assign = jnp.zeros_like(ys).at[order].set(ys)  # [A, M]
     else:
         plan = sort_by_expert(expert, E, BLOCK_ROWS)
-        token = jnp.where(plan.src < A, plan.src // 2, G * S)
+        token = jnp.where(plan.src < A, plan.src // K, G * S)
         xb = x_pad[token].reshape(-1, BLOCK_ROWS, M)  # [nb, b, M]
         h = ffn.hidden(lambda w: block_matmul(xb, w.astype(dtype), plan.block_expert, plan.block_used))
         yb = block_matmul(h, w_out, plan.block_expert, plan.block_used).reshape(-1, M)
         y_assign = jnp.concatenate([yb, jnp.zeros((1, M), dtype)])[plan.dst]  # [A, M]
-    y = jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G, S, 2, M), r.gate.astype(dtype))
+    y = jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G, S, K, M), r.gate.astype(dtype))
     return y
 
 

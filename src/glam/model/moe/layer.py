@@ -5,6 +5,11 @@ ReLU (reference code), or GELU. ``model.expert_activation=geglu`` gives gated ex
 FFN's form, ``(gelu(x W_gate[e]) * x W_in[e]) W_out[e]`` with a third weight W_gate [E, M, F] (the
 form sparse upcycling copies from a dense FFN). The expert width F is ``moe.expert_dim`` (0: the
 dense FFN's ``model.ffn_dim``). The router W_g [M, E] is replicated and runs in fp32.
+
+Variants (config ``moe.*``): ``top_k`` experts per token (gating.topk_gating; 2 = GShard);
+``router_z_loss`` adds ST-MoE's mean(logsumexp(router logits)²) over real tokens to the statistics
+(the loss weighs it); ``shared_experts = N`` adds N always-on experts of the expert form, stored as
+one FFN of width N·F (the sum of N FFNs of one form is that FFN, exactly) with the dense FFN's axes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from glam.model.layers import param, uniform_fan_in
 from glam.model.moe.decode import decode_moe
 from glam.model.moe.dispatch import DISPATCH
 from glam.model.moe.gating import capacity as capacity_for
-from glam.model.moe.gating import top2_gating
+from glam.model.moe.gating import topk_gating
 from glam.sharding.rules import constrain
 
 
@@ -42,6 +47,12 @@ class MoEFFN(nnx.Module):
             self.w_gate = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "expert_mlp", "expert_embed"))
+        if moe.shared_experts:
+            Fs = moe.shared_experts * F
+            if self.gated:
+                self.w_shared_gate = param(rngs, uniform_fan_in(M), (M, Fs), ("embed", "mlp"))
+            self.w_shared_in = param(rngs, uniform_fan_in(M), (M, Fs), ("embed", "mlp"))
+            self.w_shared_out = param(rngs, uniform_fan_in(F), (Fs, M), ("mlp", "embed"))
 
     def hidden(self, project) -> jax.Array:
         """The experts' hidden activations, given ``project(w [E, M, F])`` = the inputs times w in any
@@ -51,6 +62,18 @@ class MoEFFN(nnx.Module):
         if self.gated:
             return self.activation(project(self.w_gate[...])) * h
         return self.activation(h)
+
+    def shared(self, x: jax.Array) -> jax.Array:
+        """[..., M] → [..., M]: the always-on shared experts (0 when there are none)."""
+        if not self.moe.shared_experts:
+            return jnp.zeros_like(x)
+        dtype = x.dtype
+        h = jnp.einsum("...m,mf->...f", x, self.w_shared_in[...].astype(dtype))
+        if self.gated:
+            h = self.activation(jnp.einsum("...m,mf->...f", x, self.w_shared_gate[...].astype(dtype))) * h
+        else:
+            h = self.activation(h)
+        return jnp.einsum("...f,fm->...m", h, self.w_shared_out[...].astype(dtype))
 
     def experts(self, xe: jax.Array) -> jax.Array:
         """[E, G, C, M] → [E, G, C, M]: each expert's FFN on its buffer."""
@@ -66,11 +89,15 @@ class MoEFFN(nnx.Module):
         train: bool,
         rng: jax.Array | None = None,
         valid: jax.Array | None = None,  # [B, S] bool, False on padding
-        decode: bool = False,  # a decode step: every token to its top-2 experts, no capacity
+        decode: bool = False,  # a decode step: every token to its top-k experts, no capacity
     ) -> tuple[jax.Array, dict]:
         B, S, M = x.shape
         if decode:  # (moe/decode.py); no routing statistics
-            y = decode_moe(x.reshape(B * S, M), self.w_router[...], self, None if valid is None else valid.reshape(-1))
+            flat = x.reshape(B * S, M)
+            mask = None if valid is None else valid.reshape(-1)
+            y = decode_moe(flat, self.w_router[...], self, mask, k=self.moe.top_k)
+            if self.moe.shared_experts:
+                y = y + self.shared(flat)
             return constrain(y.reshape(B, S, M), ax.BSM), {}
         E = self.moe.num_experts
         group_size = self.moe.group_size or S
@@ -85,9 +112,10 @@ class MoEFFN(nnx.Module):
         if self.moe.dispatch == "dropless" or (not train and self.moe.eval_no_drop):
             C = group_size  # an expert receives at most one assignment per token: nothing is dropped
         logits = jnp.einsum("gsm,me->gse", xg.astype(jnp.float32), self.w_router[...])
-        routing = top2_gating(
+        routing = topk_gating(
             logits,
             C,
+            k=self.moe.top_k,
             second_policy=self.moe.second_expert_policy if train else "all",
             second_threshold=self.moe.second_expert_threshold,
             rng=rng,
@@ -95,4 +123,17 @@ class MoEFFN(nnx.Module):
         )
         dispatch = DISPATCH[self.moe.dispatch]
         y = dispatch(xg, routing, self, E, C)
-        return constrain(y.reshape(B, S, M), ax.BSM), routing.stats
+        if self.moe.shared_experts:
+            y = y + self.shared(xg)
+        stats = routing.stats
+        if self.moe.router_z_loss:
+            stats = {**stats, "router_z_loss": router_z_loss(logits, None if valid is None else valid.reshape(G, -1))}
+        return constrain(y.reshape(B, S, M), ax.BSM), stats
+
+
+def router_z_loss(logits: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """ST-MoE's router z-loss: mean over real tokens of logsumexp(router logits [G, S, E])² (fp32)."""
+    z = jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1))
+    if valid is None:
+        return jnp.mean(z)
+    return jnp.sum(z * valid) / jnp.maximum(jnp.sum(valid), 1)

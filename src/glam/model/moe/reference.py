@@ -12,38 +12,43 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def reference_routing(logits: np.ndarray, capacity: int, keep_second: np.ndarray | None = None):
-    """Per group: e1, e2, kept1, kept2 and slot positions by the §3 rules, with plain loops.
+def reference_routing(logits: np.ndarray, capacity: int, keep_second: np.ndarray | None = None, k: int = 2):
+    """Per group: each token's k experts, kept flags and slot positions by the §3 rules, with plain loops.
 
-    Returns dict of arrays [G, S] (e1, e2, pos1, pos2, kept1, kept2).
+    Returns dict of arrays [G, S]: ``e1``, ``pos1``, ``kept1`` for the first choice, ``e2``... for the
+    second, and so on up to ``k``.
     """
     logits = np.asarray(logits, np.float64)
     G, S, E = logits.shape
-    out = {k: np.zeros((G, S), np.int64) for k in ("e1", "e2", "pos1", "pos2")}
-    out.update(kept1=np.zeros((G, S), bool), kept2=np.zeros((G, S), bool))
+    out = {}
+    for j in range(1, k + 1):
+        out.update({f"e{j}": np.zeros((G, S), np.int64), f"pos{j}": np.zeros((G, S), np.int64)})
+        out[f"kept{j}"] = np.zeros((G, S), bool)
     for g in range(G):
         fill = [0] * E
-        for s in range(S):  # first choices, earlier tokens first
-            e1 = int(np.argmax(logits[g, s]))
-            order = [e for e in np.argsort(-logits[g, s], kind="stable") if e != e1]
-            out["e1"][g, s], out["e2"][g, s] = e1, int(order[0])
-            if fill[e1] < capacity:
-                out["pos1"][g, s], out["kept1"][g, s] = fill[e1], True
-                fill[e1] += 1
-        for s in range(S):  # then second choices
-            if keep_second is not None and not keep_second[g, s]:
-                continue
-            e2 = out["e2"][g, s]
-            if fill[e2] < capacity:
-                out["pos2"][g, s], out["kept2"][g, s] = fill[e2], True
-                fill[e2] += 1
+        for s in range(S):
+            order = [int(np.argmax(logits[g, s]))]  # the first choice, then the best of the rest
+            order += [int(e) for e in np.argsort(-logits[g, s], kind="stable") if e != order[0]]
+            for j in range(1, k + 1):
+                out[f"e{j}"][g, s] = order[j - 1]
+        for j in range(1, k + 1):  # first choices of every token (earlier tokens first), then second, ...
+            for s in range(S):
+                if j == 2 and keep_second is not None and not keep_second[g, s]:
+                    continue
+                e = out[f"e{j}"][g, s]
+                if fill[e] < capacity:
+                    out[f"pos{j}"][g, s], out[f"kept{j}"][g, s] = fill[e], True
+                    fill[e] += 1
     return out
 
 
-def reference_moe(x, w_router, w_in, w_out, capacity: int, activation=jax.nn.relu, keep_second=None, w_gate=None):
+def reference_moe(
+    x, w_router, w_in, w_out, capacity: int, activation=jax.nn.relu, keep_second=None, w_gate=None, k: int = 2
+):
     """y [G, S, M] and aux loss for tokens x [G, S, M], computed token by token.
 
-    With ``w_gate`` the experts are gated: ``(activation(x W_gate[e]) * x W_in[e]) W_out[e]``.
+    With ``w_gate`` the experts are gated: ``(activation(x W_gate[e]) * x W_in[e]) W_out[e]``. Gates:
+    the k chosen probabilities renormalised to sum to 1 (k >= 2, GShard), the probability itself (k = 1).
     """
 
     def expert(e, v):
@@ -54,18 +59,17 @@ def reference_moe(x, w_router, w_in, w_out, capacity: int, activation=jax.nn.rel
     G, S, M = x.shape
     E = w_router.shape[-1]
     logits = jnp.einsum("gsm,me->gse", x.astype(jnp.float32), w_router)
-    plan = reference_routing(np.asarray(jax.lax.stop_gradient(logits)), capacity, keep_second)
+    plan = reference_routing(np.asarray(jax.lax.stop_gradient(logits)), capacity, keep_second, k)
     gates = jax.nn.softmax(logits, axis=-1)
     rows = []
     for g in range(G):
         for s in range(S):
-            e1, e2 = plan["e1"][g, s], plan["e2"][g, s]
-            g1, g2 = gates[g, s, e1], gates[g, s, e2]
-            total = g1 + g2
+            chosen = [plan[f"e{j}"][g, s] for j in range(1, k + 1)]
+            total = sum(gates[g, s, e] for e in chosen) if k > 1 else 1.0
             y = jnp.zeros((M,), x.dtype)
-            for e, gate, kept in ((e1, g1 / total, plan["kept1"][g, s]), (e2, g2 / total, plan["kept2"][g, s])):
-                if kept:
-                    y = y + gate * expert(e, x[g, s])
+            for j, e in enumerate(chosen, start=1):
+                if plan[f"kept{j}"][g, s]:
+                    y = y + gates[g, s, e] / total * expert(e, x[g, s])
             rows.append(y)
     y = jnp.stack(rows).reshape(G, S, M)
     aux = 0.0

@@ -1,0 +1,175 @@
+"""Routing variants beyond GShard top-2 (issue 13): top-k (Switch top-1, top-3), router z-loss, shared experts.
+
+Hand-worked plans on the 4-token example of test_model_moe.py, and every dispatch path and the
+decode step against the slow loop reference for k = 1 and k = 3 (forward and gradients).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from glam.config import ModelConfig, MoEConfig, resolve
+from glam.errors import ConfigError
+from glam.model.flops import counting_rule, model_size
+from glam.model.moe import dispatch as dispatch_mod
+from glam.model.moe.decode import decode_moe, topk_no_capacity
+from glam.model.moe.gating import capacity, topk_gating
+from glam.model.moe.layer import MoEFFN, router_z_loss
+from glam.model.moe.reference import reference_moe, reference_routing
+
+PROBS = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
+G, S, M, F, E = 2, 16, 8, 16, 4
+
+
+def test_hand_worked_top1_keeps_the_probability_as_its_gate():
+    r = topk_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=2, k=1)
+    # t0, t1 → expert 0 (slots 0, 1); t2 → expert 0 slot 2 >= C: dropped; t3 → expert 1 slot 0
+    np.testing.assert_array_equal(r.expert[0, :, 0], [0, 0, 0, 1])
+    np.testing.assert_array_equal(r.kept[0, :, 0], [True, True, False, True])
+    np.testing.assert_allclose(r.gate[0, :, 0], [0.6, 0.5, 0.0, 0.5], rtol=1e-6)  # Switch: not renormalised
+    np.testing.assert_allclose(r.stats["dropped_first"], 0.25)
+    assert float(r.stats["dropped_second"]) == 0.0
+    np.testing.assert_allclose(r.stats["expert_load"], [2 / 3, 1 / 3, 0])
+
+
+def test_hand_worked_top3_queues_third_choices_behind_all_seconds():
+    r = topk_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=2, k=3)
+    np.testing.assert_array_equal(r.expert[0], [[0, 1, 2], [0, 2, 1], [0, 1, 2], [1, 2, 0]])
+    # firsts: e0 gets t0, t1 (t2 dropped), e1 gets t3; seconds: e1 t0 (slot 1), e2 t1, t2 → e1 full, e2 t3;
+    # thirds: e2 full for t0 and t2, e1 full for t1, e0 full for t3: all dropped
+    np.testing.assert_array_equal(
+        r.kept[0], [[True, True, False], [True, True, False], [False, False, False], [True, True, False]]
+    )
+    np.testing.assert_allclose(r.gate[0, 0], [0.6, 0.3, 0.0], rtol=1e-6)  # renormalised over 3: sum was 1
+    ref = reference_routing(np.log(PROBS)[None], 2, k=3)
+    for j in range(3):
+        np.testing.assert_array_equal(r.kept[0, :, j], ref[f"kept{j + 1}"][0])
+        np.testing.assert_array_equal(r.expert[0, :, j], ref[f"e{j + 1}"][0])
+
+
+def test_decode_gates_follow_k():
+    expert, gate = topk_no_capacity(jnp.log(jnp.asarray(PROBS)), k=1)
+    np.testing.assert_array_equal(expert[:, 0], [0, 0, 0, 1])
+    np.testing.assert_allclose(gate[:, 0], [0.6, 0.5, 0.7, 0.5], rtol=1e-6)
+    _, gate = topk_no_capacity(jnp.log(jnp.asarray(PROBS)), k=3)
+    np.testing.assert_allclose(gate.sum(-1), 1.0, rtol=1e-6)
+
+
+def _layer(dispatch="index", k=2, shared=0, activation="relu", cf=0.5):
+    mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4, expert_activation=activation)
+    moe = MoEConfig(
+        num_experts=E, top_k=k, capacity_factor_train=cf, capacity_multiple=1, dispatch=dispatch,
+        shared_experts=shared,
+    )  # fmt: skip
+    return MoEFFN(mcfg, moe, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("dispatch", ["einsum", "index", "dropless"])
+def test_dispatch_equals_reference_for_k(monkeypatch, dispatch, k):
+    monkeypatch.setattr(dispatch_mod, "BLOCK_ROWS", 4)
+    layer = _layer(dispatch, k)
+    graphdef, state = nnx.split(layer)
+    C = S if dispatch == "dropless" else capacity(S, E, 0.5, 1)
+    x = jax.random.normal(jax.random.key(1), (G, S, M))
+
+    def fast(state, x):
+        y, stats = nnx.merge(graphdef, state)(x, train=True)
+        return jnp.sum(jnp.sin(y)) + stats["aux_loss"], y
+
+    def slow(w, x):
+        y, aux = reference_moe(x, w["w_router"], w["w_in"], w["w_out"], C, k=k)
+        return jnp.sum(jnp.sin(y)) + aux, y
+
+    w = {name: state[name][...] for name in ("w_router", "w_in", "w_out")}
+    (_, yf), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
+    (_, ys), (gs, gxs) = jax.value_and_grad(slow, argnums=(0, 1), has_aux=True)(w, x)
+    np.testing.assert_allclose(yf, ys, atol=1e-5)
+    np.testing.assert_allclose(gxf, gxs, atol=1e-5)
+    for name in w:
+        np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_decode_step_equals_reference_for_k(k):
+    layer = _layer(k=k)
+    x = jax.random.normal(jax.random.key(2), (6, M))
+    y = decode_moe(x, layer.w_router[...], layer, k=k)
+    ys, _ = reference_moe(x[None], layer.w_router[...], layer.w_in[...], layer.w_out[...], 6, k=k)
+    np.testing.assert_allclose(y, ys[0], atol=1e-5)
+
+
+def test_router_z_loss_hand_worked_and_in_the_stats():
+    logits = jnp.log(jnp.array([[[1.0, 1.0], [2.0, 2.0]]]))  # logsumexp = log 2, log 4
+    np.testing.assert_allclose(router_z_loss(logits, None), (np.log(2) ** 2 + np.log(4) ** 2) / 2, rtol=1e-6)
+    np.testing.assert_allclose(router_z_loss(logits, jnp.array([[True, False]])), np.log(2) ** 2, rtol=1e-6)
+    mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4)
+    layer = MoEFFN(mcfg, MoEConfig(num_experts=E, router_z_loss=1e-3), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 8, M))
+    _, stats = layer(x, train=True)
+    logits = jnp.einsum("gsm,me->gse", x, layer.w_router[...])
+    np.testing.assert_allclose(stats["router_z_loss"], router_z_loss(logits, None), rtol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "geglu"])
+def test_shared_experts_add_an_always_on_ffn(activation):
+    layer = _layer(shared=2, activation=activation, cf=4.0)
+    x = jax.random.normal(jax.random.key(4), (G, S, M))
+    y, _ = layer(x, train=True)
+    routed, _ = reference_moe(
+        x, layer.w_router[...], layer.w_in[...], layer.w_out[...], S, layer.activation,
+        w_gate=layer.w_gate[...] if layer.gated else None,
+    )  # fmt: skip
+    h = x @ layer.w_shared_in[...]
+    h = layer.activation(x @ layer.w_shared_gate[...]) * h if layer.gated else layer.activation(h)
+    np.testing.assert_allclose(y, routed + h @ layer.w_shared_out[...], atol=1e-5)
+    assert layer.w_shared_in[...].shape == (M, 2 * F)
+
+
+def test_counts_follow_top_k_and_shared_experts():
+    for overrides in (["moe.top_k=1"], ["moe.shared_experts=1"], ["moe.top_k=3", "model.expert_activation=geglu"]):
+        cfg = resolve("tiny", overrides)
+        total, activated = counting_rule(cfg)
+        size = model_size(cfg)
+        assert (size.params_total, size.params_activated) == (total, activated), overrides
+    base, shared = model_size(resolve("tiny", [])), model_size(resolve("tiny", ["moe.shared_experts=1"]))
+    expert = 2 * 128 * 768  # one expert of tiny: W_in [128, 768] and W_out [768, 128]
+    assert shared.params_activated - base.params_activated == 2 * expert  # 2 MoE layers, one shared expert each
+    assert shared.params_total - base.params_total == 2 * expert
+    top1 = model_size(resolve("tiny", ["moe.top_k=1"]))
+    assert base.params_activated - top1.params_activated == 2 * expert
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["moe.top_k=0"], "moe.top_k"),
+        (["moe.top_k=9"], "moe.top_k"),
+        (["moe.top_k=3", "moe.second_expert_policy=random"], "moe.second_expert_policy"),
+        (["moe.router_z_loss=-1"], "moe.router_z_loss"),
+    ],
+)
+def test_variant_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve("tiny", overrides)
+
+
+def test_the_training_loss_weighs_the_router_z_loss():
+    from glam.model.init import init_params
+    from glam.model.losses import loss_fn
+
+    small = ["model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=64", "model.vocab_size=64"]
+    cfg = resolve("tiny", [*small, "model.num_layers=2", "moe.num_experts=4", "moe.router_z_loss=0.5"])
+    params = init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, (2, 17))
+    batch = {
+        "inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": np.tile(np.arange(16), (2, 1)),
+        "segment_ids": np.ones((2, 16), np.int32), "loss_weights": np.ones((2, 16), np.float32),
+    }  # fmt: skip
+    loss, m = loss_fn(cfg, params, batch, train=False)
+    assert float(m["router_z_loss"]) > 0
+    expected = m["ce_loss"] + 0.01 * m["aux_loss"] + cfg.train.z_loss_weight * m["z_loss"] + 0.5 * m["router_z_loss"]
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
