@@ -2,7 +2,7 @@
 
 Layout of a run directory::
 
-    RUN/config.yaml             the resolved config (a copy: each checkpoint holds its own)
+    RUN/config.yaml             the resolved config, rewritten at every start (each checkpoint holds its own)
     RUN/tokenizer.model         the SentencePiece model the run trains with (tokenizer.json: made from what)
     RUN/train.lock              held by the one `glam train` working in RUN (glam.checkpoint.lock)
     RUN/checkpoints/<step>/     params/ and opt_state/ (Orbax arrays), meta/ and data/ (JSON)
@@ -469,8 +469,9 @@ def check_checkpoint_config(cfg: GLaMConfig, checkpointer: Checkpointer, step: i
 
 
 def prepare_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
-    """Create ``run_dir`` and write the config, or check that an existing one was trained with ``cfg``."""
-    check_run_dir(cfg, run_dir)
+    """Create ``run_dir`` and (re)write ``config.yaml`` with ``cfg``: at every start, so a resumed run's
+    file shows the resumable fields it now runs with (``train.steps``, ...). It checks nothing: the
+    caller runs :func:`check_run_dir` first, before anything is written (glam.train.loop.start_run)."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, CONFIG_FILE)
     if jax.process_index() == 0:

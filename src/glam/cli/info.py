@@ -29,8 +29,9 @@ def info(cfg: GLaMConfig) -> dict:
     L, E = m.num_layers, cfg.moe.num_experts
     # One entry per kind of layer (not per layer: L may be anything the config accepts).
     if cfg.is_moe:
+        shared = f", +{cfg.moe.shared_experts} shared" if cfg.moe.shared_experts else ""
         layout = [
-            {"layers": _every(0, 2, L), "count": L // 2, "ffn": f"moe({E} experts, top-2)"},
+            {"layers": _every(0, 2, L), "count": L // 2, "ffn": f"moe({E} experts, top-{cfg.moe.top_k}{shared})"},
             {"layers": _every(1, 2, L), "count": L // 2, "ffn": "dense gated-GELU"},
         ]
     else:
@@ -55,7 +56,8 @@ def info(cfg: GLaMConfig) -> dict:
         "num_heads": m.num_heads,
         "head_dim": m.head_dim,
         "num_experts": cfg.moe.num_experts,
-        "seq_len": cfg.train.seq_len,
+        "train.seq_len": cfg.train.seq_len,  # S of the training rows (and of the FLOPs below)
+        "model.max_seq_len": m.max_seq_len,  # the longest input scoring and generation take (longer: cut)
         "flops_per_token_train": size.flops_per_token_train,
         "flops_per_token_inference": size.flops_per_token_inference,
         "flops_formula": "train 6N + 12·L·A·S, inference 2N + 4·L·A·S (PaLM, Chowdhery et al. 2022, app. B)",
@@ -97,7 +99,11 @@ def print_info(d: dict, console: Console) -> None:
         if moe_layers
         else f"layout: {d['num_layers']} dense layers"
     )
-    console.print(f"FLOPs: {d['flops_formula']}, S={d['seq_len']}")
+    console.print(f"FLOPs: {d['flops_formula']}, S = train.seq_len = {d['train.seq_len']}")
+    console.print(
+        f"model.max_seq_len = {d['model.max_seq_len']}: the longest input evaluation, scoring and generation "
+        "see at once (a longer context loses its start; rolling scores use windows)"
+    )
     for note in (d["paper_note"], d["mesh_note"]):
         if note:
             console.print(f"note: {note}")

@@ -103,7 +103,7 @@ def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
         state, data_state = restored
         pipeline.load_state_dict(data_state)
         log(f"resumed from checkpoint {latest} in {run_dir}")
-    prepare_run_dir(cfg, run_dir)  # the config is (re)written once the state is in hand
+    prepare_run_dir(cfg, run_dir)  # checked above; (re)written at every start, once the state is in hand
     if main:
         save_run_tokenizer(cfg, pipeline.tokenizer, run_dir)
         dropped = trim_metrics(run_dir, latest or 0)  # records a killed process wrote after its last checkpoint
