@@ -48,10 +48,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import yaml
 
+from glam.checkpoint.state import TrainState
 from glam.config import GLaMConfig, from_dict, read_config_mapping
 from glam.data.pipeline import TOKENIZER_FILE  # noqa: F401  (part of the run directory's layout)
 from glam.errors import GLaMError
-from glam.train.state import TrainState
 
 CONFIG_FILE = "config.yaml"
 RUN_CONFIG = "the run directory's config file"  # names RUN/config.yaml in errors

@@ -1,6 +1,7 @@
 """The train state: a small pytree that is born sharded, donated to every step and checkpointed whole.
 
-``TrainState(step, params, opt_state, rng, skipped_steps)``:
+``TrainState(step, params, opt_state, rng, skipped_steps)`` (defined in :mod:`glam.checkpoint.state`,
+which glam.checkpoint may import without importing glam.train):
 
 - ``step``: batches consumed so far (int32). A skipped (non-finite) batch still counts.
 - ``params``: the model's pure-dict parameters, fp32 (paper §5: fp32 weights, bf16 activations).
@@ -13,25 +14,16 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from glam.checkpoint.state import TrainState
 from glam.config import GLaMConfig
 from glam.model.init import abstract_params, init_params, param_shardings
 from glam.train.optimizer import make_optimizer
-
-
-class TrainState(NamedTuple):
-    step: jax.Array
-    params: dict
-    opt_state: optax.OptState
-    rng: jax.Array
-    skipped_steps: jax.Array
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
