@@ -83,7 +83,7 @@ def test_load_for_inference(setup):
 
 
 def test_plot_writes_loss_curves_and_expert_load(setup):
-    from glam.cli.plot import plot_run
+    from glam.train.plots import plot_run
 
     folder, *_ = setup
     paths = plot_run(str(folder / "straight"))

@@ -14,6 +14,7 @@ from glam.cli import tokenizer as tokenizer_cli
 from glam.config import SourceConfig
 from glam.data.quality_filter import QualityClassifier, band_report, pareto_keep
 from glam.data.sources import Source
+from glam.errors import DataError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "corpus")
 CURATED = "the committee examined the historical evidence and published a careful detailed analysis".split()
@@ -99,3 +100,24 @@ def test_tokenizer_cli_trains_from_the_config_mixture(tmp_path, capsys):
     args = parse(["tokenizer", "train", "tiny", sources, "--vocab-size", "400", "--output", str(output)])
     assert args.func(args) == 0
     assert output.is_file() and "wrote" in capsys.readouterr().out
+
+
+def test_filter_documents_is_the_library_behind_the_cli(tmp_path):
+    from glam.data.quality_filter import filter_documents
+
+    for name, words, seed in (("cur", CURATED, 0), ("gen", GENERAL, 1)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(synthetic(words, 150, seed)) + "\n")
+    docs = synthetic(CURATED, 50, 5) + synthetic(GENERAL, 50, 6)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = tmp_path / "kept.jsonl"
+    result = filter_documents(
+        [str(tmp_path / "cur.txt")], [str(tmp_path / "gen.txt")], str(tmp_path / "in.jsonl"), str(out),
+        formats=("lines", "lines", "auto"), seed=0, max_train_docs=100, save_model=str(tmp_path / "m.npz"),
+    )  # fmt: skip
+    assert (result.curated, result.general, len(result.scores)) == (100, 100, 100)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [k["text"] for k in kept] == [d for d, keep in zip(docs, result.kept) if keep]
+    assert [k["score"] for k in kept] == [round(float(s), 6) for s in result.scores[result.kept]]
+    assert QualityClassifier.load(str(tmp_path / "m.npz")).scores(docs[:3]) == pytest.approx(result.scores[:3])
+    with pytest.raises(DataError, match="the Pareto shape must be > 0"):
+        filter_documents([], [], str(tmp_path / "in.jsonl"), str(out), alpha=0)

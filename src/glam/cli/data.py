@@ -1,21 +1,18 @@
 """``glam data filter ...`` (the paper's quality filter) and ``glam data stats [CONFIG] [key=value ...]``.
 
-``filter`` trains the hashed-feature classifier on curated (positive) and general (negative) text,
-scores every document of ``--input`` and keeps each by Pareto sampling on its score (paper §6);
-the kept documents are written as JSONL (``text``, ``score``), atomically. ``stats`` indexes the
+``filter`` runs :func:`glam.data.quality_filter.filter_documents`: it trains the hashed-feature
+classifier on curated (positive) and general (negative) text, scores every document of ``--input`` and
+keeps each by Pareto sampling on its score (paper §6), writing the kept documents as JSONL (``text``,
+``score``), atomically; this module parses the flags and prints the report. ``stats`` indexes the
 config's sources and prints their documents and problems.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 
 from glam.cli.arguments import finite_float, non_negative_int, output_file, positive_int
-from glam.config import SourceConfig, resolve
-from glam.data.errors import DataError
+from glam.config import resolve
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,46 +38,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _documents(paths: list[str], name: str, fmt: str, limit: int) -> list[str]:
-    from glam.data.sources import Source
-
-    docs: list[str] = []
-    for i, path in enumerate(paths):
-        source = Source(SourceConfig(name=f"{name}{i}", path=path, format=fmt))
-        for k in range(min(len(source), limit - len(docs))):
-            docs.append(source.document(k))
-    return docs
-
-
 def run_filter(args: argparse.Namespace) -> int:
-    from glam.data.quality_filter import QualityClassifier, band_report, format_report, pareto_keep
-    from glam.data.sources import Source
+    from glam.data.quality_filter import band_report, filter_documents, format_report
 
-    if args.alpha <= 0:
-        raise DataError(f"--alpha {args.alpha}: the Pareto shape must be > 0 (the paper uses 9)")
-    curated = _documents(args.curated, "curated", args.curated_format, args.max_train_docs)
-    general = _documents(args.general, "general", args.general_format, args.max_train_docs)
-    model = QualityClassifier().fit(curated, general, seed=args.seed)
-    if args.save_model:
-        model.save(args.save_model)
-    source = Source(SourceConfig(name="input", path=args.input, format=args.input_format))
-    scores = model.scores(source)
-    kept = pareto_keep(scores, alpha=args.alpha, seed=args.seed)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".filter-", suffix=".jsonl", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for k in kept.nonzero()[0]:
-                record = {"text": source.document(int(k)), "score": round(float(scores[k]), 6)}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, args.output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    print(f"classifier: {len(curated)} curated vs {len(general)} general documents")
-    print(format_report(band_report(scores, kept)))
-    print(f"wrote {int(kept.sum())} of {len(scores)} documents to {args.output}")
+    result = filter_documents(
+        args.curated,
+        args.general,
+        args.input,
+        args.output,
+        formats=(args.curated_format, args.general_format, args.input_format),
+        alpha=args.alpha,
+        seed=args.seed,
+        max_train_docs=args.max_train_docs,
+        save_model=args.save_model,
+    )
+    print(f"classifier: {result.curated} curated vs {result.general} general documents")
+    print(format_report(band_report(result.scores, result.kept)))
+    print(f"wrote {int(result.kept.sum())} of {len(result.scores)} documents to {args.output}")
     return 0
 
 

@@ -8,6 +8,7 @@ resumes the same run directory.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from glam.cli.arguments import output_dir, positive_int
 from glam.cli.train import memory_advice
@@ -19,10 +20,10 @@ PROMPTS = ("Return a new", "class ")
 
 def run(args: argparse.Namespace) -> int:
     from glam.checkpoint import load_for_inference
-    from glam.cli.plot import plot_run
     from glam.inference import generate
     from glam.train.interrupt import exit_status
     from glam.train.loop import train
+    from glam.train.plots import plot_run
 
     cfg = resolve("tiny", args.overrides)
     with out_of_memory_advice(memory_advice(cfg, "tiny", args.overrides)):
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained to step {summary['step']}: train loss {summary['loss']:.3f}, held-out loss {held:.3f}")
     else:
         print(f"{args.run_dir} is already trained to step {summary['step']} (raise train.steps to go on)")
-    for path in plot_run(args.run_dir):
+    for path in plot_run(args.run_dir, log=lambda note: print(note, file=sys.stderr)):
         print(f"plot: {path}")
     cfg, params, tokenizer = load_for_inference(args.run_dir)
     for prompt, completion in zip(PROMPTS, generate(cfg, params, tokenizer, list(PROMPTS), max_tokens=args.tokens)):

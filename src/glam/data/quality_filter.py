@@ -9,11 +9,17 @@ survive and the filtered set stays diverse: keep a page when ``np.random.pareto(
 Features: lower-cased word unigrams and bigrams, hashed (CRC32) into ``2**18`` buckets, as
 ``log(1 + count)`` scaled to unit L2 norm. Model: logistic regression fitted by Adagrad SGD in numpy,
 with the two classes weighted equally.
+
+:func:`filter_documents` is the whole pipeline ``glam data filter`` runs: fit on curated and general
+files, score every document of an input source, keep by Pareto sampling, write the kept ones as JSONL.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from glam.config import SourceConfig
 from glam.errors import DataError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -137,3 +144,73 @@ def format_report(report: list[tuple[float, float, int, int]]) -> str:
     total, kept = sum(r[2] for r in report), sum(r[3] for r in report)
     lines.append(f"total         {total:6d}  {kept:6d}  {100 * kept / max(total, 1):6.1f}")
     return "\n".join(lines)
+
+
+@dataclass
+class FilterResult:
+    """What :func:`filter_documents` did: documents the classifier was fitted on, every input document's
+    score [N] and whether it was kept [N] (written to ``output`` in input order)."""
+
+    curated: int
+    general: int
+    scores: np.ndarray
+    kept: np.ndarray
+    output: str
+
+
+def read_documents(paths: Iterable[str], name: str, fmt: str, limit: int) -> list[str]:
+    """Up to ``limit`` documents from the sources at ``paths`` (files, directories or globs), in order."""
+    from glam.data.sources import Source
+
+    docs: list[str] = []
+    for i, path in enumerate(paths):
+        source = Source(SourceConfig(name=f"{name}{i}", path=path, format=fmt))
+        for k in range(min(len(source), limit - len(docs))):
+            docs.append(source.document(k))
+    return docs
+
+
+def filter_documents(
+    curated: list[str],
+    general: list[str],
+    input_path: str,
+    output: str,
+    *,
+    formats: tuple[str, str, str] = ("auto", "auto", "auto"),
+    alpha: float = 9.0,
+    seed: int = 0,
+    max_train_docs: int = 20_000,
+    save_model: str | None = None,
+) -> FilterResult:
+    """The paper's quality filter end to end: fit on ``curated`` (positives) and ``general`` (negatives)
+    paths, at most ``max_train_docs`` documents each; score every document of ``input_path``; keep each
+    by :func:`pareto_keep`; write the kept ones to ``output`` as JSONL (``text``, ``score``), atomically.
+
+    ``formats``: the source format of the curated, general and input files. ``save_model``: also save
+    the classifier (``.npz``).
+    """
+    from glam.data.sources import Source
+
+    if alpha <= 0:
+        raise DataError(f"--alpha {alpha}: the Pareto shape must be > 0 (the paper uses 9)")
+    positives = read_documents(curated, "curated", formats[0], max_train_docs)
+    negatives = read_documents(general, "general", formats[1], max_train_docs)
+    model = QualityClassifier().fit(positives, negatives, seed=seed)
+    if save_model:
+        model.save(save_model)
+    source = Source(SourceConfig(name="input", path=input_path, format=formats[2]))
+    scores = model.scores(source)
+    kept = pareto_keep(scores, alpha=alpha, seed=seed)
+    out_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".filter-", suffix=".jsonl", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for k in kept.nonzero()[0]:
+                record = {"text": source.document(int(k)), "score": round(float(scores[k]), 6)}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return FilterResult(len(positives), len(negatives), scores, kept, output)
