@@ -11,9 +11,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from small_runs import run_train, small_run_config, subprocess_env, train_command, train_records
 
 from glam.data.packing import rows_from_tokens
-from glam.train.testing import run_train, small_run_config, subprocess_env, train_command, train_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_resume")]
 

@@ -14,8 +14,7 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from glam.train.testing import run_train, small_run_config, subprocess_env, train_command, train_records
+from small_runs import run_train, small_run_config, subprocess_env, train_command, train_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_multihost")]
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from small_runs import small_run_config
 
 from glam.cli.main import main
-from glam.train.testing import small_run_config
 
 TINY = ["model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=64", "model.max_seq_len=64"]
 TINY += ["train.batch_size=4", "train.seq_len=32", "mesh.data=4", "mesh.model=2"]  # 8 devices (conftest)
@@ -60,7 +60,7 @@ def fails(capsys, root: Path, argv: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """Two JSONL sources and a 512-piece tokenizer (glam.train.testing.small_run_config)."""
+    """Two JSONL sources and a 512-piece tokenizer (small_runs.small_run_config (tests/small_runs.py))."""
     folder = tmp_path_factory.mktemp("bad_input")
     small_run_config(str(folder))
     return folder

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from small_runs import run_train, small_run_config, subprocess_env, train_command
 
 from glam.train.metrics import read_metrics
-from glam.train.testing import run_train, small_run_config, subprocess_env, train_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("robust_crash")]
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from small_runs import small_run_config
 
 from glam.config import resolve
 from glam.data.packing import random_batch
 from glam.train.metrics import read_metrics
-from glam.train.testing import small_run_config
 
 SMALL = ["model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=64", "model.num_layers=2"]
 SMALL += ["mesh.data=4", "mesh.model=2", "train.batch_size=4", "train.seq_len=16"]  # 8 devices (conftest)

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small_runs import small_run_config, subprocess_env, train_command, train_records
 
 from glam.cli.main import main
 from glam.train.metrics import METRICS_FILE, load_metrics, read_metrics, trim_metrics
-from glam.train.testing import small_run_config, subprocess_env, train_command, train_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("robust_run_safety")]
 

@@ -1,4 +1,7 @@
-"""Small, fast training setups for tests and examples: a two-source corpus, a config, CLI runs in subprocesses.
+"""Small, fast training setups for the tests: a two-source corpus, a config, CLI runs in subprocesses.
+
+Test helpers, so they live with the tests (``from small_runs import ...``; pytest puts tests/ on the
+path), not in the installed package.
 
 ``small_run_config(folder)`` writes a corpus of two sources (the docstrings of some standard-library
 modules, split into documents), trains a 512-piece tokenizer once, and returns the path of a YAML
