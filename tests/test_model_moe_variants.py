@@ -173,3 +173,67 @@ def test_the_training_loss_weighs_the_router_z_loss():
     assert float(m["router_z_loss"]) > 0
     expected = m["ce_loss"] + 0.01 * m["aux_loss"] + cfg.train.z_loss_weight * m["z_loss"] + 0.5 * m["router_z_loss"]
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_hand_worked_expert_choice():
+    from glam.model.moe.gating import expert_choice_gating
+
+    plan = expert_choice_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=2)
+    # expert 0's column (0.6, 0.5, 0.7, 0.2) → t2, t0; expert 1 (0.3, 0.1, 0.2, 0.5) → t3, t0;
+    # expert 2 (0.1, 0.4, 0.1, 0.3) → t1, t3: t0 twice, t1 once, t2 once, t3 twice; nobody left out
+    np.testing.assert_array_equal(plan.token[0], [[2, 0], [3, 0], [1, 3]])
+    np.testing.assert_allclose(plan.gate[0], [[0.7, 0.6], [0.5, 0.3], [0.4, 0.3]], rtol=1e-6)
+    assert float(plan.stats["dropped_first"]) == 0.0 and float(plan.stats["aux_loss"]) == 0.0
+    valid = jnp.asarray([[True, True, False, True]])  # padding t2 is never picked over a real token
+    plan = expert_choice_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=2, valid=valid)
+    np.testing.assert_array_equal(plan.token[0, 0], [0, 1])
+
+
+def _expert_choice_layer(**moe):
+    mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4)
+    cfg = MoEConfig(num_experts=E, router="expert_choice", capacity_factor_train=2.0, capacity_multiple=1, **moe)
+    return MoEFFN(mcfg, cfg, rngs=nnx.Rngs(0))
+
+
+def test_expert_choice_layer_equals_reference_forward_and_grads():
+    from glam.model.moe.reference import reference_expert_choice
+
+    layer = _expert_choice_layer()
+    graphdef, state = nnx.split(layer)
+    x = jax.random.normal(jax.random.key(5), (G, S, M))
+    valid = jnp.asarray(np.arange(S)[None] < np.array([[S], [S - 5]]))  # group 1 ends in padding
+
+    def fast(state, x):
+        y, _ = nnx.merge(graphdef, state)(x, train=True, valid=valid)
+        return jnp.sum(jnp.sin(y)), y
+
+    def slow(w, x):
+        y = reference_expert_choice(x, w["w_router"], w["w_in"], w["w_out"], capacity(S, E, 2.0, 1), valid=valid)
+        return jnp.sum(jnp.sin(y)), y
+
+    w = {name: state[name][...] for name in ("w_router", "w_in", "w_out")}
+    (_, yf), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
+    (_, ys), (gs, gxs) = jax.value_and_grad(slow, argnums=(0, 1), has_aux=True)(w, x)
+    np.testing.assert_allclose(yf, ys, atol=1e-5)
+    np.testing.assert_allclose(gxf, gxs, atol=1e-5)
+    for name in w:
+        np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
+
+
+def test_expert_choice_evaluates_and_decodes_causally():
+    """Eval = each token to its round(cf) = 2 likeliest experts, probabilities as gates, nothing dropped;
+    a decode step computes the same; ``expert_choice_eval=group`` is the training rule."""
+    layer = _expert_choice_layer(eval_no_drop=True)
+    x = jax.random.normal(jax.random.key(6), (1, S, M))
+    y_eval, _ = layer(x, train=False)
+    y_step, _ = layer(x.reshape(S, 1, M), train=False, decode=True)  # S rows of one token each
+    np.testing.assert_allclose(y_step.reshape(1, S, M), y_eval, atol=1e-5)
+    gates = jax.nn.softmax(x[0] @ layer.w_router[...], axis=-1)
+    top_p, top_e = jax.lax.top_k(gates, 2)
+    out = [jax.nn.relu(x[0] @ layer.w_in[e]) @ layer.w_out[e] for e in range(E)]
+    want = sum(top_p[:, j, None] * jnp.stack(out)[top_e[:, j], jnp.arange(S)] for j in range(2))
+    np.testing.assert_allclose(y_eval[0], want, atol=1e-5)
+    group = _expert_choice_layer(expert_choice_eval="group")
+    y_group, _ = group(x, train=False)
+    y_train, _ = group(x, train=True)
+    np.testing.assert_allclose(y_group, y_train, atol=1e-6)

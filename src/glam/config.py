@@ -85,14 +85,20 @@ class ModelConfig:
 class MoEConfig:
     """GShard top-2 gating (reference doc §3) and its variants. ``num_experts = 0`` makes a dense model.
 
-    ``top_k``: experts per token (2 = GShard, exactly; 1 = Switch). ``router_z_loss``: ST-MoE's weight on
+    ``router``: ``token_choice`` (each token picks ``top_k`` experts: 2 = GShard, exactly; 1 = Switch) or
+    ``expert_choice`` (Zhou et al. 2022: each expert picks its top-C tokens of the group, C = S·cf/E,
+    while training; not causal, so evaluation and decoding route each token to its round(cf) likeliest
+    experts with their probabilities as gates, unless ``expert_choice_eval=group``, which keeps the
+    non-causal rule for measuring what that costs). ``router_z_loss``: ST-MoE's weight on
     mean(logsumexp(router logits)²) (Zoph et al. 2022; 1e-3 there), distinct from train.z_loss_weight
     on the output logits. ``shared_experts``: always-on experts of the expert form added to the routed
     output (DeepSeekMoE), counted as activated parameters.
     """
 
     num_experts: int = 64
+    router: Literal["token_choice", "expert_choice"] = "token_choice"
     top_k: int = 2
+    expert_choice_eval: Literal["causal", "group"] = "causal"
     capacity_factor_train: float = 2.0
     capacity_factor_eval: float = 2.0
     capacity_multiple: int = 4
@@ -123,8 +129,22 @@ class MoEConfig:
             "moe.second_expert_policy",
             "'random' is GShard's rule for a second expert: it needs moe.top_k=2",
         )
+        _one_of(self.router, ("token_choice", "expert_choice"), "moe.router")
+        _one_of(self.expert_choice_eval, ("causal", "group"), "moe.expert_choice_eval")
+        _check(
+            self.router == "token_choice" or self.second_expert_policy == "all",
+            "moe.second_expert_policy",
+            "'random' applies to token choice; expert choice has no second expert to drop",
+        )
         _check(self.router_z_loss >= 0, "moe.router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
         _check(self.shared_experts >= 0, "moe.shared_experts", "must be >= 0")
+
+    @property
+    def causal_top_k(self) -> int:
+        """Experts per token when routing token by token: top_k, or round(cf) for an expert-choice model."""
+        if self.router == "expert_choice":
+            return max(1, min(round(self.capacity_factor_train), self.num_experts or 1))
+        return self.top_k
         _check(self.capacity_factor_train > 0, "moe.capacity_factor_train", "must be > 0")
         _check(self.capacity_factor_eval > 0, "moe.capacity_factor_eval", "must be > 0")
         _check(self.capacity_multiple >= 1, "moe.capacity_multiple", "must be >= 1")

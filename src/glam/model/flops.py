@@ -41,7 +41,7 @@ def model_size(cfg: GLaMConfig, seq_len: int | None = None) -> ModelSize:
         if "expert" in names:
             experts += size
     E = cfg.moe.num_experts
-    activated = total - experts + (experts * cfg.moe.top_k // E if E else 0)
+    activated = total - experts + (experts * cfg.moe.causal_top_k // E if E else 0)
     m = cfg.model
     S = seq_len or cfg.train.seq_len
     attn = m.num_layers * m.num_heads * m.head_dim * S
@@ -67,7 +67,7 @@ def counting_rule(cfg: GLaMConfig) -> tuple[int, int]:
         dense = (L // 2) * 3 * M * F
         shared = cfg.moe.shared_experts * expert  # always on: total and activated alike
         moe_total = (L // 2) * (E * expert + shared + M * E)
-        moe_active = (L // 2) * (cfg.moe.top_k * expert + shared + M * E)
+        moe_active = (L // 2) * (cfg.moe.causal_top_k * expert + shared + M * E)
     else:
         dense, moe_total, moe_active = L * 3 * M * F, 0, 0
     base = attention + norms + embed + dense

@@ -217,4 +217,19 @@ def _check_unsharded() -> None:
         )
 
 
+def expert_choice_dispatch(x: jax.Array, plan, ffn: ExpertFFN) -> jax.Array:
+    """Expert choice (gating.ExpertChoice): gather each expert's C tokens, run the experts, scatter-add back.
+
+    The transposes [G, E, C, M] ↔ [E, G, C, M] are the same all-to-all exchanges as the index path.
+    """
+    G, S, M = x.shape
+    xe = jnp.take_along_axis(x[:, None], plan.token[..., None], axis=2)  # [G, E, C, M]
+    xe = constrain(jnp.transpose(xe, (1, 0, 2, 3)), ax.EGCM)
+    ye = constrain(ffn.experts(xe), ax.EGCM)
+    ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM)  # [G, E, C, M]
+    weighted = plan.gate[..., None].astype(x.dtype) * ye
+    y = jnp.zeros_like(x).at[jnp.arange(G)[:, None, None], plan.token].add(weighted)
+    return constrain(y, ax.GSM)
+
+
 DISPATCH = {"einsum": einsum_dispatch, "index": index_dispatch, "dropless": dropless_dispatch}

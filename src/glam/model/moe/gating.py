@@ -39,6 +39,7 @@ def topk_gating(
     capacity: int,
     *,
     k: int = 2,
+    renormalize: bool = True,
     second_policy: str = "all",
     second_threshold: float = 0.5,
     rng: jax.Array | None = None,
@@ -51,6 +52,7 @@ def topk_gating(
     probability itself (Switch Transformer: renormalised, a single gate would always be 1 and the
     router would get no gradient from the task loss). Capacity slots go to all first choices (earlier
     tokens first), then all second choices, and so on. GShard's "random" policy applies to choice 2.
+    ``renormalize=False`` keeps the k probabilities as they are (an expert-choice model's causal rule).
     """
     logits = logits.astype(jnp.float32)
     G, S, E = logits.shape
@@ -70,7 +72,7 @@ def topk_gating(
     f = jnp.mean(masks[0], axis=1)  # [G, E] fraction of tokens whose first choice is e
     p = jnp.mean(gates, axis=1)  # [G, E] mean gate of e
     aux_loss = jnp.mean(jnp.mean(f * p, axis=-1) * E * E)
-    if k > 1:
+    if k > 1 and renormalize:
         # step 5: renormalise BEFORE the capacity cut
         # padding tokens have gates 0: divide by 1 (a tiny floor squares to 0 in the backward pass → NaN)
         total = g[0]
@@ -135,3 +137,51 @@ def routing_stats(
         "gate_entropy": jnp.sum(entropy * valid) / n_tokens,
         "unused_experts": jnp.sum(load == 0).astype(jnp.float32),
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Expert choice (Zhou et al. 2022): each expert takes its top-C tokens of the group
+
+
+class ExpertChoice(NamedTuple):
+    """Expert-choice plan of G groups: expert e's C slots hold tokens ``token[g, e]`` with weights ``gate``."""
+
+    token: jax.Array  # [G, E, C] int32, the token of each slot
+    gate: jax.Array  # [G, E, C] fp32: softmax probability of (token, expert); 0 where the slot holds padding
+    stats: dict
+
+
+def expert_choice_gating(
+    logits: jax.Array,  # [G, S, E]
+    capacity: int,  # C per expert (moe capacity factor: C = S·cf/E)
+    valid: jax.Array | None = None,  # [G, S] bool
+) -> ExpertChoice:
+    """Each expert picks the C tokens of the group with the highest softmax(router logits) for it.
+
+    A token may be picked by several experts or none; loads are equal by construction (no aux loss).
+    NOT causal within a group: whether a token is picked depends on the other tokens' scores,
+    later ones included, so it is a training rule only (the layer routes causally otherwise).
+    Ties go to the earlier token. Padding tokens score below every real token (gate 0 if picked).
+    """
+    logits = logits.astype(jnp.float32)
+    G, S, E = logits.shape
+    C = min(capacity, S)
+    gates = jax.nn.softmax(logits, axis=-1)
+    scores = gates if valid is None else jnp.where(valid[..., None], gates, -1.0)
+    top, token = jax.lax.top_k(jnp.swapaxes(scores, 1, 2), C)  # [G, E, C]
+    gate = jnp.where(top >= 0, top, 0.0)
+    picked = (gate > 0).astype(jnp.float32)
+    times = jnp.zeros((G, S), jnp.float32).at[jnp.arange(G)[:, None, None], token].add(picked)  # experts per token
+    valid_f = jnp.ones((G, S), jnp.float32) if valid is None else valid.astype(jnp.float32)
+    n_tokens = jnp.maximum(jnp.sum(valid_f), 1.0)
+    load = jnp.sum(picked, axis=(0, 2))  # [E]
+    entropy = -jnp.sum(gates * jnp.log(jnp.maximum(gates, 1e-30)), axis=-1)
+    stats = {
+        "aux_loss": jnp.zeros((), jnp.float32),
+        "dropped_first": jnp.sum((times == 0) * valid_f) / n_tokens,  # tokens no expert took
+        "dropped_second": jnp.zeros((), jnp.float32),
+        "expert_load": load / jnp.maximum(jnp.sum(load), 1.0),
+        "gate_entropy": jnp.sum(entropy * valid_f) / n_tokens,
+        "unused_experts": jnp.sum(load == 0).astype(jnp.float32),
+    }
+    return ExpertChoice(token.astype(jnp.int32), gate, stats)

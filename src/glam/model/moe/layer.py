@@ -7,6 +7,8 @@ form sparse upcycling copies from a dense FFN). The expert width F is ``moe.expe
 dense FFN's ``model.ffn_dim``). The router W_g [M, E] is replicated and runs in fp32.
 
 Variants (config ``moe.*``): ``top_k`` experts per token (gating.topk_gating; 2 = GShard);
+``router=expert_choice`` (gating.expert_choice_gating and dispatch.expert_choice_dispatch while
+training; evaluation and decoding route causally, token by token: config.MoEConfig);
 ``router_z_loss`` adds ST-MoE's mean(logsumexp(router logits)²) over real tokens to the statistics
 (the loss weighs it); ``shared_experts = N`` adds N always-on experts of the expert form, stored as
 one FFN of width N·F (the sum of N FFNs of one form is that FFN, exactly) with the dense FFN's axes.
@@ -22,9 +24,9 @@ from glam.config import ModelConfig, MoEConfig
 from glam.model import axes as ax
 from glam.model.layers import param, uniform_fan_in
 from glam.model.moe.decode import decode_moe
-from glam.model.moe.dispatch import DISPATCH
+from glam.model.moe.dispatch import DISPATCH, expert_choice_dispatch
 from glam.model.moe.gating import capacity as capacity_for
-from glam.model.moe.gating import topk_gating
+from glam.model.moe.gating import expert_choice_gating, topk_gating
 from glam.sharding.rules import constrain
 
 
@@ -95,7 +97,8 @@ class MoEFFN(nnx.Module):
         if decode:  # (moe/decode.py); no routing statistics
             flat = x.reshape(B * S, M)
             mask = None if valid is None else valid.reshape(-1)
-            y = decode_moe(flat, self.w_router[...], self, mask, k=self.moe.top_k)
+            k, renormalize = self.moe.causal_top_k, self.moe.router == "token_choice"
+            y = decode_moe(flat, self.w_router[...], self, mask, k=k, renormalize=renormalize)
             if self.moe.shared_experts:
                 y = y + self.shared(flat)
             return constrain(y.reshape(B, S, M), ax.BSM), {}
@@ -112,22 +115,29 @@ class MoEFFN(nnx.Module):
         if self.moe.dispatch == "dropless" or (not train and self.moe.eval_no_drop):
             C = group_size  # an expert receives at most one assignment per token: nothing is dropped
         logits = jnp.einsum("gsm,me->gse", xg.astype(jnp.float32), self.w_router[...])
-        routing = topk_gating(
-            logits,
-            C,
-            k=self.moe.top_k,
-            second_policy=self.moe.second_expert_policy if train else "all",
-            second_threshold=self.moe.second_expert_threshold,
-            rng=rng,
-            valid=None if valid is None else valid.reshape(G, group_size),
-        )
-        dispatch = DISPATCH[self.moe.dispatch]
-        y = dispatch(xg, routing, self, E, C)
+        valid_g = None if valid is None else valid.reshape(G, group_size)
+        expert_choice = self.moe.router == "expert_choice"
+        if expert_choice and (train or self.moe.expert_choice_eval == "group"):
+            plan = expert_choice_gating(
+                logits, capacity_for(group_size, E, factor, self.moe.capacity_multiple), valid_g
+            )
+            y, stats = expert_choice_dispatch(xg, plan, self), plan.stats
+        else:  # token choice; for an expert-choice model its causal rule (config.MoEConfig.causal_top_k)
+            routing = topk_gating(
+                logits,
+                C,
+                k=self.moe.causal_top_k,
+                renormalize=not expert_choice,
+                second_policy=self.moe.second_expert_policy if train else "all",
+                second_threshold=self.moe.second_expert_threshold,
+                rng=rng,
+                valid=valid_g,
+            )
+            y, stats = DISPATCH[self.moe.dispatch](xg, routing, self, E, C), routing.stats
         if self.moe.shared_experts:
             y = y + self.shared(xg)
-        stats = routing.stats
         if self.moe.router_z_loss:
-            stats = {**stats, "router_z_loss": router_z_loss(logits, None if valid is None else valid.reshape(G, -1))}
+            stats = {**stats, "router_z_loss": router_z_loss(logits, valid_g)}
         return constrain(y.reshape(B, S, M), ax.BSM), stats
 
 

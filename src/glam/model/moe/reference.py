@@ -80,3 +80,21 @@ def reference_moe(
             aux = aux + f_e * p_e
     aux = aux / (G * E) * E * E
     return y, aux
+
+
+def reference_expert_choice(x, w_router, w_in, w_out, capacity: int, activation=jax.nn.relu, valid=None):
+    """y [G, S, M] of expert-choice routing, expert by expert: each picks its top-C tokens (ties: earlier first)."""
+    G, S, M = x.shape
+    E = w_router.shape[-1]
+    logits = jnp.einsum("gsm,me->gse", x.astype(jnp.float32), w_router)
+    gates = jax.nn.softmax(logits, axis=-1)
+    concrete = np.asarray(jax.lax.stop_gradient(gates), np.float64)
+    y = [[jnp.zeros((M,), x.dtype) for _ in range(S)] for _ in range(G)]
+    for g in range(G):
+        for e in range(E):
+            candidates = [s for s in range(S) if valid is None or valid[g, s]]
+            chosen = sorted(candidates, key=lambda s: (-concrete[g, s, e], s))[: min(capacity, S)]
+            for s in chosen:
+                out = activation(x[g, s] @ w_in[e]) @ w_out[e]
+                y[g][s] = y[g][s] + gates[g, s, e] * out
+    return jnp.stack([jnp.stack(row) for row in y])
