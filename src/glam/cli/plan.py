@@ -1,23 +1,20 @@
-"""``glam plan PRESET --mesh DATAxMODEL``: will it fit? Compile the full training step ahead of time.
+"""``glam plan PRESET --mesh DATAxMODEL``: will it fit, how much does it communicate, how long will a step take?
 
-The step (forward, backward, optimizer update, exactly what ``glam train`` runs) is lowered and
-compiled for a mesh of simulated CPU devices from abstract shapes only: no weights are allocated and
-nothing runs. XLA's memory analysis then gives the per-device bytes of arguments (parameters,
-optimizer state, batch), outputs, and temporaries, and its cost analysis the per-device FLOPs.
+Argument parsing and printing only; the work is :func:`glam.plan.plan` (compile the training step ahead
+of time on simulated devices, read its memory, collectives and FLOPs, estimate the step on a hardware
+profile).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import time
 
 from glam.cli.arguments import non_negative_int
-from glam.config import ConfigError, GLaMConfig, resolve
-
-GIB = 1024**3
+from glam.config import ConfigError, resolve
+from glam.plan import GIB, ensure_cpu_devices, plan
+from glam.plan.hardware import builtin_names, load
 
 
 def parse_mesh(text: str) -> tuple[int, int]:
@@ -27,73 +24,15 @@ def parse_mesh(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def ensure_cpu_devices(n: int) -> None:
-    """Ask for ``n`` simulated CPU devices; only possible before JAX starts its backend."""
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", max(n, jax.config.jax_num_cpu_devices or 1))
-    except RuntimeError:
-        pass  # backend already started: abstract_mesh() reports a clear error if too few devices
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+def _seconds(x: float) -> str:
+    return f"{x:,.2f} s" if x >= 1 else f"{x * 1e3:,.3g} ms"
 
 
-def plan(cfg: GLaMConfig, data: int, model: int) -> dict:
-    """Per-device memory and FLOPs of the compiled training step on a data × model mesh."""
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-
-    from glam.model.flops import model_size
-    from glam.sharding.mesh import abstract_mesh, validate_mesh
-    from glam.train.state import abstract_state
-    from glam.train.step import BATCH_KEYS, batch_sharding, make_train_step
-
-    cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=data, model=model))
-    validate_mesh(cfg, data, model)
-    mesh = abstract_mesh(data, model, cfg)
-    t0 = time.perf_counter()
-    state = abstract_state(cfg, mesh)
-    B, S = cfg.train.batch_size, cfg.train.seq_len
-    dtypes = {"loss_weights": jnp.float32}
-    bsh = batch_sharding(mesh)
-    batch = {k: jax.ShapeDtypeStruct((B, S), dtypes.get(k, jnp.int32), sharding=bsh) for k in BATCH_KEYS}
-    compiled = make_train_step(cfg, mesh).lower(state, batch).compile()
-    seconds = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
-    temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)
-    code = int(getattr(mem, "generated_code_size_in_bytes", 0))
-    total = args + out - alias + temp + code  # donated state: outputs alias the arguments
-    w_in = state.params["blocks"]["moe_layer"]["ffn"].get("w_in") if cfg.is_moe else None
-    shardings = {
-        "embedding [V, M]": str(state.params["embed"]["embedding"].sharding.spec),
-        "attention wq [P, M, N, K]": str(state.params["blocks"]["dense_layer"]["attn"]["wq"].sharding.spec),
-        "dense ffn w_in [P, M, F]": str(state.params["blocks"]["dense_layer"]["ffn"]["w_in"].sharding.spec),
-        "batch [B, S]": str(batch_sharding(mesh).spec),
-    }
-    if w_in is not None:
-        shardings["expert w_in [P, E, M, F]"] = str(w_in.sharding.spec)
-    return {
-        "preset": cfg.name,
-        "mesh": f"{data}x{model}",
-        "devices": data * model,
-        "batch": B,
-        "seq_len": S,
-        "remat": cfg.model.remat,
-        "argument_bytes": args,
-        "output_bytes": out,
-        "alias_bytes": alias,
-        "temp_bytes": temp,
-        "code_bytes": code,
-        "total_bytes_per_device": total,
-        "total_gib_per_device": total / GIB,
-        # Analytic (glam.model.flops): XLA's cost analysis counts a scanned loop body only once.
-        "flops_per_device": model_size(cfg).flops_per_token_train * B * S / (data * model),
-        "shardings": shardings,
-        "compile_seconds": seconds,
-    }
+def _si(x: float, unit: str) -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:,.2f} {prefix}{unit}"
+    return f"{x:,.0f} {unit}"
 
 
 def print_plan(p: dict) -> None:
@@ -104,29 +43,38 @@ def print_plan(p: dict) -> None:
         title=f"{p['preset']} on a {p['mesh']} mesh ({p['devices']} devices), batch {p['batch']}x{p['seq_len']}, "
         f"remat={p['remat']}"
     )
-    t.add_column("per device")
-    t.add_column("GiB", justify="right")
-    for key, label in (
-        ("argument_bytes", "arguments (params, optimizer state, batch)"),
-        ("output_bytes", "outputs"),
-        ("alias_bytes", "  of which donated (aliased)"),
-        ("temp_bytes", "temporaries"),
-        ("total_bytes_per_device", "total"),
-    ):
-        t.add_row(label, f"{p[key] / GIB:,.2f}")
-    t.add_row("training FLOPs per step (6N + 12·L·A·S per token)", f"{p['flops_per_device']:.3e}")
+    t.add_column("per device, per step")
+    t.add_column("value", justify="right")
+    t.add_row("arguments (params, optimizer state, batch)", f"{p['argument_bytes'] / GIB:,.2f} GiB")
+    t.add_row("temporaries", f"{p['temp_bytes'] / GIB:,.2f} GiB")
+    t.add_row("total memory", f"{p['total_bytes_per_device'] / GIB:,.2f} GiB")
+    f = p["flops"]
+    t.add_row(
+        "FLOPs: analytic (6N + 12·L·A·S) / counted in HLO",
+        f"{f['analytic_per_device']:.3e} / {f['hlo_dot_per_device']:.3e}",
+    )
+    c = p["comms"]
+    t.add_row("communication sent, of which:", _si(c["bytes_per_device"], "B"))
+    for cat, v in c["by_category"].items():
+        if v["count"]:
+            t.add_row(f"  {cat.replace('_', ' ')} ({v['count']}x)", _si(v["bytes"], "B"))
+    e = p.get("estimate")
+    if e:
+        terms = " / ".join(_seconds(e[k]) for k in ("compute_seconds", "memory_seconds", "comms_seconds"))
+        t.add_row(f"estimate on {e['hardware']}: compute / memory / comms", terms)
+        t.add_row("estimated step (max(compute, memory) + comms)", _seconds(e["step_seconds"]))
+        t.add_row("estimated tokens/s, MFU", f"{e['tokens_per_second']:,.0f}, {e['mfu']:.1%}")
     console = Console()
     console.print(t)
-    for name, spec in p["shardings"].items():
-        console.print(f"  {name}: {spec}")
-    for cap in (16, 32, 80):
-        verdict = "fits" if p["total_gib_per_device"] <= cap else "does not fit"
-        console.print(f"  {verdict} in {cap} GiB per chip")
-    console.print(f"compiled in {p['compile_seconds']:.1f} s")
+    if e:
+        fits = "fits" if e["fits_hbm"] else "does NOT fit"
+        console.print(f"  {fits} in {e['hardware']}'s HBM; the step time is a roofline estimate, not a measurement")
+    console.print(f"compiled in {p['compile_seconds']:.1f} s; --json for every collective kind and sharding")
 
 
 def run(args: argparse.Namespace) -> int:
     data, model = parse_mesh(args.mesh)
+    hardware = load(args.hardware)
     overrides = list(args.overrides)
     if args.batch:
         overrides.append(f"train.batch_size={args.batch}")
@@ -136,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"model.max_seq_len={args.seq}")
     cfg = resolve(args.preset, overrides)
     ensure_cpu_devices(data * model)
-    p = plan(cfg, data, model)
+    p = plan(cfg, data, model, hardware)
     if args.json:
         print(json.dumps(p, indent=2))
     else:
@@ -145,11 +93,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plan", help="compile the training step for a mesh (simulated devices) and report memory")
+    p = sub.add_parser(
+        "plan", help="compile the training step for a mesh (simulated devices): memory, comms, step time"
+    )
     p.add_argument("preset", help="preset name or config .yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--mesh", required=True, help="DATAxMODEL, e.g. 64x16")
     p.add_argument("--batch", type=non_negative_int, default=0, help="global batch, sequences (default: the preset's)")
     p.add_argument("--seq", type=non_negative_int, default=0, help="sequence length (default: the preset's)")
+    p.add_argument(
+        "--hardware",
+        default="tpu-v4",
+        help=f"profile for the step-time estimate: {', '.join(builtin_names())}, or a YAML file (default: tpu-v4)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
