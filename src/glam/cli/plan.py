@@ -25,7 +25,9 @@ def parse_mesh(text: str) -> tuple[int, int]:
 
 
 def _seconds(x: float) -> str:
-    return f"{x:,.2f} s" if x >= 1 else f"{x * 1e3:,.3g} ms"
+    if x >= 1:
+        return f"{x:,.2f} s"
+    return f"{x * 1e3:,.3g} ms" if x >= 1e-3 else f"{x * 1e6:,.3g} µs"
 
 
 def _si(x: float, unit: str) -> str:
