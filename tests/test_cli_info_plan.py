@@ -55,7 +55,7 @@ def test_info_layout_names_the_layers_of_each_kind(capsys):
         (["info", "glam-9000b"], "unknown preset 'glam-9000b'"),
         (["info", "tiny", "model.d_modle=3"], "model.d_modle: unknown key"),
         (["info", "tiny", "train.steps=many"], "train.steps: expected an integer"),
-        (["info", "tiny", "moe.num_experts=1"], "moe.num_experts: top-2 gating needs at least 2 experts"),
+        (["info", "tiny", "moe.num_experts=1"], "moe.num_experts: a MoE layer needs at least 2 experts"),
         (["plan", "tiny", "--mesh", "4by2"], "write it as DATAxMODEL"),
         (["plan", "tiny", "--mesh", "3x1"], "not divisible by mesh.data=3"),
         (["plan", "tiny", "--mesh", "4x2", "--hardware", "tpu-v9"], "no such profile or file; use one of a100-80g"),
