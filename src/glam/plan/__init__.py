@@ -109,5 +109,9 @@ def plan(cfg: GLaMConfig, data: int, model: int, hardware: Hardware | None = Non
             devices=devices,
         )
         est["fits_hbm"] = out["total_bytes_per_device"] <= hardware.hbm_bytes
+        if cfg.model.activation_dtype != "float32":
+            # XLA's CPU backend upcasts bf16 arithmetic, so the collectives it compiles are f32 (checked on
+            # tiny: no bf16 collective); on a TPU or GPU the activation collectives would be about half
+            est["caveat"] = "activations are bf16 but the CPU-compiled collectives are f32: comms is an upper bound"
         out["estimate"] = est
     return out
