@@ -116,3 +116,23 @@ def test_user_task_file_and_clear_errors(tmp_path):
         load_task_file(tmp_path / "broken.yaml")
     with pytest.raises(TaskError, match="unknown task 'nope'"):
         load_task("nope")
+
+
+def test_no_data_folder_is_guessed_and_the_error_says_how_to_set_one(monkeypatch, tmp_path):
+    """The installed package never assumes where it was cloned: no --data-root, no $GLAM_TASK_DATA, no data."""
+    from glam.evals.harness import resolve_task_names
+    from glam.evals.tasks import DATA_ENV, check_data, load_task, resolve_data_root
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "shared" / "data" / "tasks" / "copa").mkdir(parents=True)  # where the old default looked
+    (tmp_path / "shared" / "data" / "tasks" / "copa" / "val.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path / "work")
+    copa = load_task("copa")
+    assert resolve_data_root() is None and not has_data(copa)
+    with pytest.raises(TaskDataError, match=r"^task copa: no task data folder is set; pass --data-root DIR .*GLAM"):
+        check_data(copa)
+    with pytest.raises(TaskDataError, match=r"^--tasks all: no task data folder is set"):
+        resolve_task_names("all")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "shared" / "data" / "tasks"))
+    assert has_data(copa) and resolve_task_names("copa") == ["copa"]

@@ -40,9 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json", dest="json_out", type=output_file("results.json"), help="also write the results to this JSON file"
     )
-    p.add_argument(
-        "--data-root", default=None, help="task data folder (default $GLAM_TASK_DATA or ../shared/data/tasks)"
-    )
+    p.add_argument("--data-root", default=None, help="the folder holding the tasks' data (default: $GLAM_TASK_DATA)")
     p.add_argument("--task-dir", action="append", default=[], help="extra folder of task YAML files")
     p.add_argument("--beam-size", type=positive_int, default=None, help="beam width for generation tasks (paper: 4)")
     p.add_argument("--max-tokens", type=positive_int, default=None, help="generation length limit")

@@ -1,9 +1,11 @@
-"""Sources for the project's real six-genre corpus (``shared/data/corpus``), with the paper's weights.
+"""Sources for a six-genre corpus in a fixed layout, mixed with the paper's weights.
 
-GLaM trains on six components mixed with fixed weights (paper Table 3; reference doc §6). The shared
-corpus mirrors them at small scale. A genre whose files come in several formats is split into one
-source per format, named ``genre.part``, sharing the genre's weight; :func:`genre_of` maps a source
-back to its genre for reporting.
+GLaM trains on six components mixed with fixed weights (paper Table 3; reference doc §6). A corpus
+laid out as ``_PARTS`` says (``web/``, ``wiki/``, ``conversations/``, ``forums/``, ``books/``,
+``news/``) mirrors them at small scale. The caller says where it is (``shared_corpus_sources(root)``;
+the experiments and tests pass their own ``--data-root``): nothing here assumes a location. A genre
+whose files come in several formats is split into one source per format, named ``genre.part``,
+sharing the genre's weight; :func:`genre_of` maps a source back to its genre for reporting.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ def shared_corpus_sources(root: str) -> tuple[SourceConfig, ...]:
     if os.path.isdir(os.path.join(root, "corpus")):
         root = os.path.join(root, "corpus")
     if not os.path.isdir(os.path.join(root, "web")):
-        raise DataError(f"{root!r} is not the shared corpus folder (it has no web/); pass shared/data/corpus")
+        raise DataError(
+            f"{root!r} is not a six-genre corpus folder (it has no web/); pass the folder holding web/, wiki/, "
+            "conversations/, forums/, books/ and news/ (or the folder above it that holds corpus/)"
+        )
     return tuple(
         SourceConfig(
             name=name,

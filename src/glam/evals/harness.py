@@ -43,7 +43,7 @@ from glam.evals.tasks import (
     list_tasks,
     load_data,
     load_task,
-    resolve_data_root,
+    require_data_root,
 )
 
 Log = Callable[[str], None]
@@ -232,6 +232,7 @@ def resolve_task_names(names: str | Sequence[str], data_root: str | Path | None 
     out: list[str] = []
     for item in (s.strip() for s in items):
         if item == "all":
+            require_data_root(data_root, "--tasks all")
             out += [n for n in list_tasks(task_dirs) if has_data(load_task(n, task_dirs), data_root)]
         elif item:
             check_data(load_task(item, task_dirs), data_root)  # before a model is loaded
@@ -266,5 +267,5 @@ def evaluate(
         if log:
             log(f"evaluating {task.name} ({task.output}, shots={shots})")
         rows[task.name] = evaluate_task(model, task, shots=shots, limit=limit, data_root=data_root, config=config)
-    settings = {"shots": shots, "limit": limit, "data_root": str(resolve_data_root(data_root)), "eval": asdict(config)}
+    settings = {"shots": shots, "limit": limit, "data_root": str(require_data_root(data_root)), "eval": asdict(config)}
     return {"settings": settings, "tasks": rows, "averages": averages(list(rows.values()))}

@@ -25,8 +25,7 @@ from glam.evals.readers import READERS
 from glam.files import load_yaml_file
 
 TASK_DIR = Path(__file__).parent / "tasks"
-DATA_ENV = "GLAM_TASK_DATA"
-DEFAULT_DATA_ROOT = Path("..") / "shared" / "data" / "tasks"
+DATA_ENV = "GLAM_TASK_DATA"  # the task data folder when no data_root / --data-root is given
 
 OUTPUTS = ("multiple_choice", "generate", "loglikelihood")
 METRICS = {"multiple_choice": ("acc", "f1a"), "generate": ("em", "f1"), "loglikelihood": ("acc",)}
@@ -265,13 +264,25 @@ def load_task(name: str, task_dirs: tuple[str | Path, ...] = ()) -> Task:
 # Data --------------------------------------------------------------------------------------------
 
 
-def resolve_data_root(explicit: str | Path | None = None) -> Path:
-    """The task data folder: ``explicit``, else ``$GLAM_TASK_DATA``, else ``../shared/data/tasks`` from the cwd."""
+def resolve_data_root(explicit: str | Path | None = None) -> Path | None:
+    """The task data folder: ``explicit``, else ``$GLAM_TASK_DATA``, else ``None`` (none is set: glam
+    does not guess where its data lives; :func:`check_data` then says how to set one)."""
     if explicit:
         return Path(explicit)
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    return Path.cwd() / DEFAULT_DATA_ROOT
+    return None
+
+
+def require_data_root(explicit: str | Path | None = None, what: str = "task data") -> Path:
+    """:func:`resolve_data_root`, or :class:`TaskDataError` saying how to name the folder."""
+    root = resolve_data_root(explicit)
+    if root is None:
+        raise TaskDataError(
+            f"{what}: no task data folder is set; pass --data-root DIR (data_root= in Python), the folder "
+            f"holding the tasks' data (copa/, boolq/, ...), or set ${DATA_ENV}"
+        )
+    return root
 
 
 def find_files(root: Path, paths: tuple[str, ...]) -> tuple[str, list[Path]] | None:
@@ -284,14 +295,15 @@ def find_files(root: Path, paths: tuple[str, ...]) -> tuple[str, list[Path]] | N
 
 
 def has_data(task: Task, data_root: str | Path | None = None) -> bool:
-    """Whether ``task``'s evaluation data is present."""
-    return find_files(resolve_data_root(data_root), task.paths) is not None
+    """Whether ``task``'s evaluation data is present (never, when no data folder is set)."""
+    root = resolve_data_root(data_root)
+    return root is not None and find_files(root, task.paths) is not None
 
 
 def check_data(task: Task, data_root: str | Path | None = None) -> tuple[str, list[Path]]:
     """``task``'s evaluation data (the path that matched and its files), or :class:`TaskDataError` naming
     where it was looked for and where to get it."""
-    root = resolve_data_root(data_root)
+    root = require_data_root(data_root, f"task {task.name}")
     found = find_files(root, task.paths)
     if found is None:
         where = " or ".join(str(root / p) for p in task.paths)
@@ -421,7 +433,7 @@ def _build_all(task: Task, records: list[dict], where: str) -> tuple[list[Exampl
 
 def load_data(task: Task, data_root: str | Path | None = None, limit: int | None = None) -> TaskData:
     """Read and render ``task``'s examples (the first ``limit`` if given) and its few-shot pool."""
-    root = resolve_data_root(data_root)
+    root = require_data_root(data_root, f"task {task.name}")
     rel, files = check_data(task, root)
     examples, skipped = _build_all(task, _read(task, files), rel)
     evaluated = examples if limit is None else examples[:limit]

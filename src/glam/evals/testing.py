@@ -1,5 +1,10 @@
 """A deterministic character-level :class:`~glam.evals.model_api.LanguageModel` for tests and demos.
 
+It ships in the package on purpose (unlike the training fixtures, which live in tests/): it is the
+dependency-free reference model a user passes to the lm-eval adapter
+(``--model_args model=glam.evals.testing:CharLanguageModel``, docs/tasks.md) to check a task or a
+harness setup without a checkpoint, and the example of the ``LanguageModel`` protocol.
+
 Each character is a token. The next character has a Laplace-smoothed unigram probability estimated
 from everything before it: ``P(c | prefix) = (count(c in prefix) + 1) / (len(prefix) + V)`` with
 ``V = 256``. Log-probabilities are therefore computable by hand, depend on the context (so few-shot
