@@ -101,6 +101,13 @@ def test_group_size_reads_every_printed_form(attrs, n):
     assert hlo.group_size(attrs, 8) == n
 
 
+def test_async_collectives_count_once():
+    assert comms.collective_kind("all-gather-start") == "all-gather"
+    assert comms.collective_kind("all-gather-done") is None
+    assert comms.collective_kind("collective-permute-start") == "collective-permute"
+    assert comms.collective_kind("fusion") is None
+
+
 def test_multiplicities_apply_nested_trip_counts():
     module = hlo.parse_module(SNIPPET)
     mult, unknown = hlo.multiplicities(module)

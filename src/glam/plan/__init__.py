@@ -50,15 +50,18 @@ def read_program(hlo_text: str, devices: int, layouts=(), moe=None) -> tuple[dic
     weights = comms_mod.parameter_shapes(list(layouts))
     comms = comms_mod.count_collectives(module, devices, weights, moe)
     counted = cost.count_cost(module)
-    counted["dot_flops_loop_bodies_once"] = cost.count_cost(module, apply_trip_counts=False)["dot_flops"]
+    once = cost.count_cost(module, apply_trip_counts=False)
+    counted["dot_flops_loop_bodies_once"] = once["dot_flops"]
+    counted["hbm_bytes_loop_bodies_once"] = once["hbm_bytes"]
     return comms, counted
 
 
-def xla_flops(compiled) -> float | None:
+def xla_cost(compiled, key: str) -> float | None:
+    """One figure of XLA's own cost analysis ("flops", "bytes accessed"), which visits a loop body once."""
     ca = compiled.cost_analysis()
     if isinstance(ca, list | tuple):
         ca = ca[0] if ca else {}
-    return float(ca["flops"]) if ca and "flops" in ca else None
+    return float(ca[key]) if ca and key in ca else None
 
 
 def plan(cfg: GLaMConfig, data: int, model: int, hardware: Hardware | None = None) -> dict:
@@ -78,10 +81,12 @@ def plan(cfg: GLaMConfig, data: int, model: int, hardware: Hardware | None = Non
         "analytic_formula": "(6N + 12·L·A·S) per token × tokens / devices, no recomputation (glam.model.flops)",
         "hlo_dot_per_device": counted["dot_flops"],
         "hlo_dot_loop_bodies_once": counted["dot_flops_loop_bodies_once"],
-        "xla_cost_analysis": xla_flops(step.compiled),
+        "xla_cost_analysis": xla_cost(step.compiled, "flops"),
         "xla_note": "XLA's cost analysis visits a while body once (all FLOPs, not only dots)",
         "hlo_over_analytic": counted["dot_flops"] * devices / model_flops,
         "hbm_bytes_per_device": counted["hbm_bytes"],
+        "hbm_bytes_loop_bodies_once": counted["hbm_bytes_loop_bodies_once"],
+        "xla_bytes_accessed": xla_cost(step.compiled, "bytes accessed"),
     }
     out = {
         "preset": cfg.name,
