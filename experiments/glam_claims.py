@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+from claims_report import read_json, write_json  # a sibling: the sweep's JSON files, read and written one way
 
 # --------------------------------------------------------------------------------------------
 # The plan: sizes, configurations, seeds
@@ -251,20 +252,6 @@ def run_config(scale: Scale, spec: RunSpec, data_root: str | None = None, tokeni
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def read_json(path: str):
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_json(path: str, value) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 def ensure_tokenizer(scale: Scale, data_root: str, out: str) -> str:

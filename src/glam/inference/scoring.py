@@ -43,17 +43,16 @@ class ScoreRow(NamedTuple):
     n_scored: int
 
 
+def _logits(cfg: GLaMConfig, params: dict, batch: dict) -> jax.Array:
+    """The eval-mode logits [B, S, V] of a batch-schema batch."""
+    logits, _, _ = apply(bind(cfg, params), batch["inputs"], batch["positions"], batch["segment_ids"], train=False)
+    return logits
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def score_batch(cfg: GLaMConfig, params: dict, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per row: (Σ weight · log p(target) [B], all weighted targets are the argmax [B], Σ weight [B])."""
-    B, S = batch["inputs"].shape
-    logits, _, _ = apply(
-        bind(cfg, params),
-        batch["inputs"],
-        batch["positions"],
-        batch["segment_ids"],
-        train=False,
-    )
+    logits = _logits(cfg, params, batch)
     log_p, _ = token_log_likelihood(logits, batch["targets"])  # [B, S]
     w = batch["loss_weights"]
     greedy = (jnp.argmax(logits, axis=-1) == batch["targets"]) | (w == 0)
@@ -66,13 +65,7 @@ def token_logprobs(cfg: GLaMConfig, params: dict, batch: dict, top_n: int = 1) -
 
     What an echoing completion server reports for every prompt token (glam.serve).
     """
-    logits, _, _ = apply(
-        bind(cfg, params),
-        batch["inputs"],
-        batch["positions"],
-        batch["segment_ids"],
-        train=False,
-    )
+    logits = _logits(cfg, params, batch)
     log_p, logz = token_log_likelihood(logits, batch["targets"])  # [B, S]
     top_logits, top_ids = jax.lax.top_k(logits.astype(jnp.float32), top_n)
     # the same subtraction as log_p's, so a greedy target's log-prob equals the top one bit for bit
