@@ -1,0 +1,73 @@
+"""Sparse upcycling: a trained dense run → a MoE run that computes the same function, then trains on."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from small_runs import run_train, small_run_config
+
+from glam.cli.main import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_upcycle")]
+IN_PROCESS = ("mesh.data=4", "mesh.model=2")  # the 8 simulated devices of conftest
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("upcycle")
+    config = small_run_config(str(folder), moe={"num_experts": 0})
+    run_train(config, str(folder / "dense"), "train.steps=6", cache_dir=str(folder / "cache"))
+    return folder, str(folder / "dense")
+
+
+def test_upcycled_model_computes_the_dense_function_and_trains(dense, capsys):
+    from glam.checkpoint import load_for_inference
+    from glam.data.pipeline import build_pipeline
+    from glam.model.losses import loss_fn
+
+    folder, source = dense
+    new = str(folder / "moe")
+    args = ["upcycle", "--from", source, "--run-dir", new, "moe.num_experts=4", "moe.eval_no_drop=true", *IN_PROCESS]
+    assert main(args) == 0
+    assert f"next: glam train {new}/config.yaml --run-dir {new}" in capsys.readouterr().out
+    dense_cfg, dense_params, _ = load_for_inference(source)
+    cfg, params, _ = load_for_inference(new)
+    assert cfg.moe.num_experts == 4 and cfg.model.expert_activation == "geglu"
+    w_in = params["blocks"]["moe_layer"]["ffn"]["w_in"]
+    np.testing.assert_array_equal(w_in[:, 3], dense_params["blocks"]["moe_layer"]["ffn"]["w_in"])  # expert = copy
+    batch = build_pipeline(dense_cfg, source).heldout_batches(dense_cfg.data.sources[0].name, 1)[0]
+    _, ours = loss_fn(cfg, params, batch, train=False)
+    _, theirs = loss_fn(dense_cfg, dense_params, batch, train=False)
+    assert float(ours["ce_loss"]) == pytest.approx(float(theirs["ce_loss"]), abs=1e-5)
+    records = run_train(
+        os.path.join(new, "config.yaml"), new, "train.steps=4", devices=8, cache_dir=str(folder / "cache")
+    )
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in records)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([], "say how many experts the upcycled model has, e.g. moe.num_experts=8"),
+        (["moe.num_experts=4", "model.d_model=32"], "model.d_model=32, but the dense source has 64"),
+        (["moe.num_experts=4", "model.expert_activation=relu"], "they must be geglu"),
+    ],
+)
+def test_incompatible_requests_fail_in_one_line(dense, tmp_path, capsys, overrides, message):
+    _, source = dense
+    assert main(["upcycle", "--from", source, "--run-dir", str(tmp_path / "x"), *overrides, *IN_PROCESS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not os.path.exists(tmp_path / "x" / "checkpoints")
+
+
+def test_a_moe_source_is_refused():
+    from glam.config import resolve
+    from glam.errors import ConfigError
+    from glam.train.upcycle import upcycle_config
+
+    with pytest.raises(ConfigError, match="the source is a MoE model .8 experts.; upcycle a dense run"):
+        upcycle_config(resolve("tiny", []), ["moe.num_experts=4"])
+    assert upcycle_config(resolve("tiny-dense", []), ["moe.num_experts=4"]).model.expert_activation == "geglu"
