@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from glam.config import EvalConfig
+from glam.errors import GLaMError, GLaMWarning
 from glam.evals import evaluate, evaluate_perplexity, load_data, load_task
 from glam.evals.fewshot import sample_demonstrations
 from glam.evals.report import print_results, write_json
@@ -244,3 +245,19 @@ def test_perplexity_by_hand(tmp_path):
     nats_b = -(math.log(1 / 256) + math.log(2 / 257))
     assert result["total"]["nats"] == pytest.approx(nats_a + nats_b) and result["total"]["documents"] == 2
     assert result["total"]["perplexity"] == pytest.approx(math.exp((nats_a + nats_b) / 4))
+
+
+def test_perplexity_reads_a_json_file_as_training_sources_do(tmp_path):
+    """``.json``: a JSON array of records (or one record per line), as in glam.data.sources; else one line."""
+    from glam.evals.perplexity import read_documents
+
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "aa"}, {"text": "b"}, {"body": "no text"}], indent=1))
+    with pytest.warns(GLaMWarning, match="skipped 1 element that is not"):
+        assert read_documents(tmp_path / "a.json") == ["aa", "b"]
+    (tmp_path / "b.json").write_text('{"text": "aa"}\n{"text": "b"}\n')
+    assert read_documents(tmp_path / "b.json") == ["aa", "b"]
+    (tmp_path / "c.json").write_text('{\n "text": "pretty"\n}\n')
+    with pytest.raises(GLaMError, match=r"c\.json' is neither a JSON array of objects nor JSON Lines; glam reads"):
+        read_documents(tmp_path / "c.json")
+    by_hand = evaluate_perplexity(CharLanguageModel(), [tmp_path / "b.json"])["total"]
+    assert by_hand["documents"] == 2 and by_hand["tokens"] == 3

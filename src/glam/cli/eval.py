@@ -49,7 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     q = subparsers.add_parser("perplexity", help="perplexity and bits per byte of a checkpoint on text files")
     q.add_argument("--checkpoint", required=True, help="run directory of the model")
-    q.add_argument("files", nargs="+", help="plain text files (one document each) or .jsonl files (field 'text')")
+    q.add_argument(
+        "files",
+        nargs="+",
+        help="plain text files (one document each), or .jsonl / .json files of records (field 'text')",
+    )
     q.add_argument(
         "--json", dest="json_out", type=output_file("perplexity.json"), help="also write the results to this JSON file"
     )

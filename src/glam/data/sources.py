@@ -155,7 +155,7 @@ def detect_format(path: str) -> str:
             return fmt.name
     raise DataError(
         f"{path!r} is none of the {ext} formats ({', '.join(f.name for f in candidates)}): "
-        + (_JSON_RULE if ext == ".json" else "check the file, or set the source's format")
+        + (JSON_RULE if ext == ".json" else "check the file, or set the source's format")
     )
 
 
@@ -240,7 +240,7 @@ def _json_array_records(f: io.BufferedReader) -> Iterator[tuple[int, int]]:
 
     skip("")
     if text[pos : pos + 1] != "[":
-        raise DataError(f"{f.name!r} is not a JSON array (it does not start with '['); {_JSON_RULE}")
+        raise DataError(f"{f.name!r} is not a JSON array (it does not start with '['); {JSON_RULE}")
     advance(pos + 1)
     while True:
         skip(",")
@@ -261,10 +261,10 @@ def _first_char(head: bytes) -> bytes:
 
 def _refuse_json_array(path: str, head: bytes) -> None:
     if _first_char(head) == b"[":
-        raise DataError(f"{path!r} holds a JSON array, not JSON Lines; {_JSON_RULE}")
+        raise DataError(f"{path!r} holds a JSON array, not JSON Lines; {JSON_RULE}")
 
 
-_JSON_RULE = (
+JSON_RULE = (
     "glam reads a .json file as one JSON array of objects and a .jsonl file (or a .json file whose lines "
     "are objects) as JSON Lines, one object per line; name the file for its layout and use format: auto"
 )
@@ -299,6 +299,14 @@ def jsonl_text(line: str, text_field: str) -> str:
     if not isinstance(value, dict) or not isinstance(value.get(text_field), str):
         raise BadRecord(f"not an object with a string field {text_field!r}")
     return value[text_field]
+
+
+def json_layout(head: bytes) -> str | None:
+    """The layout of a ``.json`` file from its first bytes: ``"json"`` (an array), ``"jsonl"`` (one
+    object per line) or ``None`` (neither: see :data:`JSON_RULE`)."""
+    if _first_char(head) == b"[":
+        return "json"
+    return "jsonl" if _is_json_lines(head) else None
 
 
 def _is_json_lines(head: bytes) -> bool:
@@ -350,7 +358,7 @@ register_format(
         lambda text, cfg: jsonl_text(text, cfg.text_field),
         _json_array_records,
         extensions=(".json",),
-        sniff=lambda head: _first_char(head) == b"[",
+        sniff=lambda head: json_layout(head) == "json",
     )
 )
 register_format(
@@ -359,7 +367,7 @@ register_format(
         lambda text, cfg: jsonl_text(text, cfg.text_field),
         _line_records(),
         extensions=(".jsonl", ".json"),
-        sniff=_is_json_lines,
+        sniff=lambda head: json_layout(head) == "jsonl",
         check=_refuse_json_array,
     )
 )

@@ -1,6 +1,8 @@
 """Perplexity on held-out text files through ``LanguageModel.loglikelihood_rolling``.
 
-A ``.jsonl`` file is a list of documents (field ``text``); any other file is one document. Files are
+A ``.jsonl`` file is a list of documents (field ``text``), and so is a ``.json`` file, by the rule of
+training sources (glam.data.sources.JSON_RULE: a JSON array of objects, or one object per line); any
+other file is one document. Files are
 read under the text policy of training sources (:mod:`glam.files`): bytes that are not UTF-8 become
 U+FFFD (counted, one warning), a file that is not text is refused, ``.gz``/``.bz2`` are decompressed,
 and a JSONL line that is not a record with a string ``text`` is skipped and counted (one warning), as
@@ -11,34 +13,49 @@ which (unlike per-token numbers) compares models with different tokenizers.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from glam.data.sources import BadRecord, jsonl_text
-from glam.errors import GLaMWarning
+from glam.data.sources import JSON_RULE, BadRecord, json_layout, jsonl_text
+from glam.errors import GLaMError, GLaMWarning
 from glam.evals.model_api import LanguageModel
-from glam.files import read_text
+from glam.files import SNIFF_BYTES, read_text
 
 
 def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     """The documents of one file: JSON Lines records' ``text_field``, or the whole file."""
     path = Path(path)
     text = read_text(str(path))
-    if ".jsonl" not in path.suffixes:
+    layout = "jsonl" if ".jsonl" in path.suffixes else None
+    if ".json" in path.suffixes:
+        layout = json_layout(text[:SNIFF_BYTES].encode("utf-8"))
+        if layout is None:
+            raise GLaMError(f"{str(path)!r} is neither a JSON array of objects nor JSON Lines; {JSON_RULE}")
+    if layout is None:
         return [text]
+    if layout == "json":
+        try:
+            records = [json.dumps(r) for r in json.loads(text)]
+        except json.JSONDecodeError as exc:
+            raise GLaMError(f"{str(path)!r}: not valid JSON ({exc}); fix the file") from None
+    else:
+        records = [line for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028 in strings
     docs, bad = [], 0
-    for line in text.split("\n"):  # not splitlines(): JSON strings may hold U+2028
-        if line.strip():
-            try:
-                docs.append(jsonl_text(line, text_field))
-            except BadRecord:
-                bad += 1
+    for record in records:
+        try:
+            docs.append(jsonl_text(record, text_field))
+        except BadRecord:
+            bad += 1
     if bad:
+        what = ("line" if layout == "jsonl" else "element") + (
+            "s that are not JSON objects" if bad != 1 else " that is not a JSON object"
+        )
         warnings.warn(
-            f"{path}: skipped {bad} line{'s' * (bad != 1)} that are not JSON objects with a string {text_field!r}",
+            f"{path}: skipped {bad} {what} with a string {text_field!r}",
             GLaMWarning,
             stacklevel=2,
         )
