@@ -237,3 +237,40 @@ def test_expert_choice_evaluates_and_decodes_causally():
     y_group, _ = group(x, train=False)
     y_train, _ = group(x, train=True)
     np.testing.assert_allclose(y_group, y_train, atol=1e-6)
+
+
+def test_hand_worked_bias_changes_the_choice_not_the_gates():
+    bias = jnp.asarray([0.0, 0.5, 0.0])  # expert 1 favoured for choosing
+    r = topk_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=4, bias=bias)
+    # scores p + b: t0 (0.6, 0.8, 0.1) → e1, e0; t1 (0.5, 0.6, 0.4) → e1, e0; t2 (0.7, 0.7, 0.1) → e0 (tie: lower
+    # id), e1; t3 (0.2, 1.0, 0.3) → e1, e2; the gates are the softmax's, renormalised over the pair
+    np.testing.assert_array_equal(r.expert[0], [[1, 0], [1, 0], [0, 1], [1, 2]])
+    np.testing.assert_allclose(r.gate[0], [[1 / 3, 2 / 3], [1 / 6, 5 / 6], [7 / 9, 2 / 9], [5 / 8, 3 / 8]], rtol=1e-6)
+    np.testing.assert_allclose(r.stats["expert_chosen"], [3 / 8, 4 / 8, 1 / 8])
+    expert, gate = topk_no_capacity(jnp.log(jnp.asarray(PROBS)), bias=bias)  # the decode step chooses alike
+    np.testing.assert_array_equal(expert, r.expert[0])
+    np.testing.assert_allclose(gate, r.gate[0], rtol=1e-6)
+
+
+def test_the_train_step_moves_the_bias_by_the_sign_rule_and_resumes_it():
+    from glam.data.packing import random_batch
+    from glam.model.moe.balance import bias_update
+    from glam.sharding.mesh import make_mesh
+    from glam.train.state import create_train_state
+    from glam.train.step import make_train_step, shard_batch
+
+    np.testing.assert_allclose(bias_update(jnp.asarray([0.5, 0.25, 0.25, 0.0]), 0.1), [-0.1, 0.0, 0.0, 0.1])
+    small = ["model.vocab_size=256", "model.d_model=32", "model.ffn_dim=64", "model.num_layers=2"]
+    cfg = resolve("tiny", [*small, "train.seq_len=32", "train.batch_size=8", "moe.balance=bias", "moe.bias_rate=0.01"])
+    mesh = make_mesh(cfg)
+    state = create_train_state(cfg, mesh)
+    assert state.params["blocks"]["moe_layer"]["ffn"]["router_bias"].shape == (1, 8)  # [P, E], zeros
+    batch = shard_batch(random_batch(8, 32, 256, 0), mesh)
+    state, metrics = make_train_step(cfg, mesh)(state, batch)
+    chosen = np.asarray(metrics["moe"]["expert_chosen"])  # [P, E]
+    np.testing.assert_allclose(chosen.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        state.params["blocks"]["moe_layer"]["ffn"]["router_bias"], 0.01 * np.sign(1 / 8 - chosen)
+    )
+    total, activated = counting_rule(cfg)
+    assert (model_size(cfg).params_total, model_size(cfg).params_activated) == (total, activated)

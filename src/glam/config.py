@@ -92,7 +92,10 @@ class MoEConfig:
     non-causal rule for measuring what that costs). ``router_z_loss``: ST-MoE's weight on
     mean(logsumexp(router logits)²) (Zoph et al. 2022; 1e-3 there), distinct from train.z_loss_weight
     on the output logits. ``shared_experts``: always-on experts of the expert form added to the routed
-    output (DeepSeekMoE), counted as activated parameters.
+    output (DeepSeekMoE), counted as activated parameters. ``balance=bias``: DeepSeek-V3's
+    auxiliary-loss-free balancing — a per-expert bias added to the router scores for choosing experts
+    only (gates stay the softmax's), moved after every step by ``bias_rate`` against the sign of the
+    expert's load error (glam.model.moe.balance); set ``aux_loss_weight=0`` for no aux loss at all.
     """
 
     num_experts: int = 64
@@ -111,6 +114,8 @@ class MoEConfig:
     expert_dim: int = 0  # expert hidden width F_e; 0 = model.ffn_dim
     router_z_loss: float = 0.0
     shared_experts: int = 0
+    balance: Literal["aux_loss", "bias"] = "aux_loss"
+    bias_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         _check(self.num_experts >= 0, "moe.num_experts", "must be >= 0 (0 means a dense model)")
@@ -138,6 +143,13 @@ class MoEConfig:
         )
         _check(self.router_z_loss >= 0, "moe.router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
         _check(self.shared_experts >= 0, "moe.shared_experts", "must be >= 0")
+        _one_of(self.balance, ("aux_loss", "bias"), "moe.balance")
+        _check(self.bias_rate > 0, "moe.bias_rate", "must be > 0 (DeepSeek-V3 uses 1e-3)")
+        _check(
+            self.balance == "aux_loss" or self.router == "token_choice",
+            "moe.balance",
+            "'bias' balances token choice; expert choice is balanced by construction",
+        )
 
     @property
     def causal_top_k(self) -> int:

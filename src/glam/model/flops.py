@@ -66,8 +66,9 @@ def counting_rule(cfg: GLaMConfig) -> tuple[int, int]:
     if E:
         dense = (L // 2) * 3 * M * F
         shared = cfg.moe.shared_experts * expert  # always on: total and activated alike
-        moe_total = (L // 2) * (E * expert + shared + M * E)
-        moe_active = (L // 2) * (cfg.moe.causal_top_k * expert + shared + M * E)
+        router = M * E + (E if cfg.moe.balance == "bias" else 0)  # W_g, and the selection bias
+        moe_total = (L // 2) * (E * expert + shared + router)
+        moe_active = (L // 2) * (cfg.moe.causal_top_k * expert + shared + router)
     else:
         dense, moe_total, moe_active = L * 3 * M * F, 0, 0
     base = attention + norms + embed + dense

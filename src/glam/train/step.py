@@ -22,6 +22,7 @@ from glam.config import GLaMConfig
 from glam.data.packing import BATCH_KEYS
 from glam.data.pipeline import process_slice
 from glam.model.losses import loss_fn
+from glam.model.moe.balance import with_bias_updates
 from glam.sharding.rules import activate, constrain, logical_to_spec
 from glam.train.optimizer import learning_rate_schedule, make_optimizer
 from glam.train.state import TrainState, state_shardings
@@ -70,6 +71,7 @@ def _train_step(cfg: GLaMConfig, mesh: Mesh, optimizer: optax.GradientTransforma
         grads, metrics = accumulate_gradients(cfg, state.params, batch, rng)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = with_bias_updates(cfg, updates, metrics["moe"])  # moe.balance=bias: not the optimizer's
         # Finite gradients can still make a non-finite update (an infinite learning rate): skip those too.
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(updates))
         params = optax.apply_updates(state.params, updates)

@@ -74,7 +74,7 @@ def upcycle_params(dense_cfg: GLaMConfig, dense_params: dict, cfg: GLaMConfig, f
 
     def take(path, fresh):
         key = jax.tree_util.keystr(path)
-        if key.endswith("['w_router']") or key.endswith("['ffn']['w_router']"):
+        if key.endswith("['w_router']") or key.endswith("['router_bias']"):  # a fresh router
             return fresh
         source = dense_leaves.get(key)
         if source is None:

@@ -38,12 +38,20 @@ from glam.model.moe.dispatch import ExpertFFN
 
 
 def topk_no_capacity(
-    logits: jax.Array, valid: jax.Array | None = None, k: int = 2, renormalize: bool = True
+    logits: jax.Array,
+    valid: jax.Array | None = None,
+    k: int = 2,
+    renormalize: bool = True,
+    bias: jax.Array | None = None,  # [E], for choosing only (moe.balance=bias)
 ) -> tuple[jax.Array, jax.Array]:
     """Router logits [T, E] → (expert [T, k] int32, gate [T, k] fp32), first choice first; gates
     renormalised to sum to 1 for k >= 2 unless ``renormalize=False``."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    gate, expert = jax.lax.top_k(probs, k)
+    if bias is None:
+        gate, expert = jax.lax.top_k(probs, k)
+    else:
+        _, expert = jax.lax.top_k(probs + bias, k)
+        gate = jnp.take_along_axis(probs, expert, axis=-1)
     if k > 1 and renormalize:
         gate = gate / jnp.sum(gate, axis=-1, keepdims=True)  # >= 1/E > 0
     if valid is not None:
@@ -115,11 +123,12 @@ def decode_moe(
     path: str | None = None,  # "grouped" or "sliced"; default: by shape (module doc)
     k: int = 2,  # experts per token (moe.top_k)
     renormalize: bool = True,  # False: the k probabilities as they are (expert-choice models)
+    bias: jax.Array | None = None,  # [E] selection bias (moe.balance=bias)
 ) -> jax.Array:
     """y [T, M] = Σ_k gate_k · expert_{e_k}(x) per token, with no capacity (see the module doc)."""
     T, _ = x.shape
     E = w_router.shape[-1]
     logits = jnp.einsum("tm,me->te", x.astype(jnp.float32), w_router)
-    expert, gate = topk_no_capacity(logits, valid, k, renormalize)
+    expert, gate = topk_no_capacity(logits, valid, k, renormalize, bias)
     path = path or ("sliced" if 8 * T <= E or T == 1 else "grouped")
     return (_sliced if path == "sliced" else _grouped)(x, expert, gate, ffn)

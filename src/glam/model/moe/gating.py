@@ -40,6 +40,7 @@ def topk_gating(
     *,
     k: int = 2,
     renormalize: bool = True,
+    bias: jax.Array | None = None,  # [E]: added to the scores for choosing experts only (moe.balance=bias)
     second_policy: str = "all",
     second_threshold: float = 0.5,
     rng: jax.Array | None = None,
@@ -58,9 +59,15 @@ def topk_gating(
     G, S, E = logits.shape
     gates = jax.nn.softmax(logits, axis=-1)  # step 1
     # steps 3–4: first expert, then the best of the rest, ...
+    scores = gates if bias is None else gates + bias  # what chooses; the gates stay the softmax's
     experts, masks, taken = [], [], None
     for j in range(k):
-        e_j = jnp.argmax(gates if j == 0 else gates * (1.0 - taken), axis=-1)
+        if j == 0:
+            e_j = jnp.argmax(scores, axis=-1)
+        elif bias is None:  # GShard's own formula (a taken expert scores 0)
+            e_j = jnp.argmax(gates * (1.0 - taken), axis=-1)
+        else:  # biased scores may be negative: a taken expert must score -inf
+            e_j = jnp.argmax(jnp.where(taken > 0, -jnp.inf, scores), axis=-1)
         mask_j = jax.nn.one_hot(e_j, E, dtype=jnp.float32)
         taken = mask_j if j == 0 else taken + mask_j
         experts.append(e_j)
@@ -104,7 +111,11 @@ def topk_gating(
         stats={},
     )
     wanted_later = jnp.stack([jnp.sum(m, axis=-1) > 0 for m in masks[1:]], axis=-1) if k > 1 else None
-    return routing._replace(stats=routing_stats(routing, gates, wanted_later, valid, E))
+    stats = routing_stats(routing, gates, wanted_later, valid, E)
+    if bias is not None:  # the load the bias balances: choices before the capacity cut
+        chosen = sum(jnp.sum(m, axis=(0, 1)) for m in masks)
+        stats["expert_chosen"] = chosen / jnp.maximum(jnp.sum(chosen), 1.0)
+    return routing._replace(stats=stats)
 
 
 def top2_gating(logits: jax.Array, capacity: int, **kwargs) -> Routing:

@@ -49,6 +49,8 @@ class MoEFFN(nnx.Module):
             self.w_gate = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "expert_mlp", "expert_embed"))
+        if moe.balance == "bias":  # moved by glam.model.moe.balance, not by the optimizer
+            self.router_bias = param(rngs, lambda key, shape, dtype: jnp.zeros(shape, dtype), (E,), ("router_expert",))
         if moe.shared_experts:
             Fs = moe.shared_experts * F
             if self.gated:
@@ -64,6 +66,10 @@ class MoEFFN(nnx.Module):
         if self.gated:
             return self.activation(project(self.w_gate[...])) * h
         return self.activation(h)
+
+    def bias(self) -> jax.Array | None:
+        """The selection bias of ``moe.balance=bias`` (None otherwise)."""
+        return self.router_bias[...] if self.moe.balance == "bias" else None
 
     def shared(self, x: jax.Array) -> jax.Array:
         """[..., M] → [..., M]: the always-on shared experts (0 when there are none)."""
@@ -98,7 +104,7 @@ class MoEFFN(nnx.Module):
             flat = x.reshape(B * S, M)
             mask = None if valid is None else valid.reshape(-1)
             k, renormalize = self.moe.causal_top_k, self.moe.router == "token_choice"
-            y = decode_moe(flat, self.w_router[...], self, mask, k=k, renormalize=renormalize)
+            y = decode_moe(flat, self.w_router[...], self, mask, k=k, renormalize=renormalize, bias=self.bias())
             if self.moe.shared_experts:
                 y = y + self.shared(flat)
             return constrain(y.reshape(B, S, M), ax.BSM), {}
@@ -128,6 +134,7 @@ class MoEFFN(nnx.Module):
                 C,
                 k=self.moe.causal_top_k,
                 renormalize=not expert_choice,
+                bias=self.bias(),
                 second_policy=self.moe.second_expert_policy if train else "all",
                 second_threshold=self.moe.second_expert_threshold,
                 rng=rng,
