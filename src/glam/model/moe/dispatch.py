@@ -68,8 +68,11 @@ def index_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, c
     token_of_slot = jnp.full((G, E * C + 1), S, jnp.int32)
     token_of_slot = token_of_slot.at[jnp.arange(G)[:, None, None], flat].set(tokens)[:, : E * C]
     x_pad = jnp.concatenate([x, jnp.zeros((G, 1, M), x.dtype)], axis=1)  # [G, S+1, M]
-    xe = jnp.take_along_axis(x_pad, token_of_slot[..., None], axis=1)  # [G, E·C, M]
-    xe = constrain(jnp.transpose(xe.reshape(G, E, C, M), (1, 0, 2, 3)), ax.EGCM)  # all-to-all
+    xe = jnp.take_along_axis(x_pad, token_of_slot[..., None], axis=1)  # [G, E·C, M], a gather within each group
+    # kept group-sharded until the transpose, so the gather stays local and only the transpose moves
+    # tokens (an all-to-all); unconstrained, XLA all-gathers every group's tokens instead
+    xe = constrain(xe.reshape(G, E, C, M), ax.GECM)
+    xe = constrain(jnp.transpose(xe, (1, 0, 2, 3)), ax.EGCM)  # all-to-all
     ye = constrain(ffn.experts(xe), ax.EGCM)
     ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM).reshape(G, E * C, M)  # all-to-all back
     ye_pad = jnp.concatenate([ye, jnp.zeros((G, 1, M), ye.dtype)], axis=1)  # [G, E·C+1, M]
