@@ -2,7 +2,8 @@
 Hugging Face datasets, read by random access through a small index of document offsets.
 
 A :class:`Source` never holds its corpus in memory. On first use it scans its files once (streamed,
-line by line or row group by row group) and keeps only where each non-empty document lies:
+line by line or row group by row group; a JSON array, being one JSON value, is read whole once while
+it is indexed) and keeps only where each non-empty document lies:
 ``(file id, start, end)`` byte ranges for the text formats, ``(file id, row)`` for Parquet and
 Hugging Face. ``source.document(k)`` then reads document ``k`` from disk on demand. The scan also
 counts the problems it tolerates: bytes that are not UTF-8 (decoded with U+FFFD, counted, and
