@@ -94,3 +94,14 @@ def test_estimate_is_consistent(tiny_plan):
     assert e["comms_seconds"] == pytest.approx(tiny_plan["comms"]["bytes_per_device"] / 100e9)
     assert e["tokens_per_second"] == pytest.approx(8 * 32 / e["step_seconds"])
     assert e["mfu"] == pytest.approx(tiny_plan["flops"]["analytic_per_device"] / e["step_seconds"] / 275e12)
+
+
+def test_index_dispatch_exchanges_tokens_by_all_to_all_not_all_gather():
+    """The default dispatch on a 4x2 mesh: each MoE layer's gather stays within its group, so the
+    tokens move only in the two all-to-alls per layer and direction (no all-gather of the token table)."""
+    cfg = resolve("tiny", ["model.num_layers=4", "train.batch_size=8", "train.seq_len=32", "moe.dispatch=index"])
+    comms = plan(cfg, 4, 2, load("tpu-v4"))["comms"]["by_category"]
+    assert comms["moe_token_gather"]["count"] == 0
+    E, M, G, C = 8, 128, 8, 8
+    per_exchange = 3 / 4 * E * G * C * M / 8 * 4
+    assert comms["moe_dispatch_combine"] == {"count": 2 * 2 * 2, "bytes": 2 * 2 * 2 * per_exchange}
