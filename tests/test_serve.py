@@ -147,7 +147,7 @@ def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, param):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
-    assert httpx.get(f"{url}/health").json()["requests_in_flight"] == 0
+    assert _in_flight(url) == 0
 
 
 def test_busy_server_answers_429_and_a_gone_client_frees_its_slot(server, monkeypatch):
@@ -182,7 +182,7 @@ def test_busy_server_answers_429_and_a_gone_client_frees_its_slot(server, monkey
 
 
 def _in_flight(url):
-    return httpx.get(f"{url}/health").json()["requests_in_flight"]
+    return httpx.get(f"{url}/health", timeout=60).json()["requests_in_flight"]
 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(model, server):
@@ -292,10 +292,12 @@ def test_cli_serves_a_checkpoint_and_fails_in_one_line(model, monkeypatch, tmp_p
     def run(app, host, port, log_level):  # instead of serving forever: one request, then return
         seen.update(host=host, port=port)
         with background(app) as url:
-            seen["models"] = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-            r = httpx.post(f"{url}/v1/completions", json={"prompt": "The", "max_tokens": 3, "temperature": 0})
+            seen["models"] = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
+            r = httpx.post(
+                f"{url}/v1/completions", json={"prompt": "The", "max_tokens": 3, "temperature": 0}, timeout=120
+            )
             seen["text"] = r.json()["choices"][0]["text"]
-            seen["health"] = httpx.get(f"{url}/health").json()
+            seen["health"] = httpx.get(f"{url}/health", timeout=60).json()
 
     monkeypatch.setattr(uvicorn, "run", run)
     assert main(["serve", "--checkpoint", "runs/my-run", "--port", "9123", "--max-batch", "2"]) == 0

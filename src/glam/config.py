@@ -199,7 +199,9 @@ class MeshConfig:
         )
 
 
-SOURCE_FORMATS = ("auto", "text", "lines", "paragraphs", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf")
+SOURCE_FORMATS = (
+    "auto", "text", "lines", "paragraphs", "json", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class SourceConfig:
     path: str  # a file, a directory, or a glob; "hf:NAME[:CONFIG]" for Hugging Face datasets
     weight: float = 1.0
     format: Literal[
-        "auto", "text", "lines", "paragraphs", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf"
+        "auto", "text", "lines", "paragraphs", "json", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf"
     ] = "auto"
     text_field: str = "text"
     heldout_docs: int = -1  # documents of this source held out; -1 = data.heldout_docs
