@@ -296,3 +296,13 @@ def test_max_gen_toks_over_the_context_is_refused():
     assert _generate(lm, "xyzz", max_gen_toks=255) == "z" * 255
     with pytest.raises(ConfigError, match=r"max_gen_toks=300 leaves no room .* 256-token window; pass --gen_kwargs"):
         _generate(lm, "xyzz", max_gen_toks=300)
+
+
+def test_importing_the_adapter_keeps_lm_evals_own_models():
+    """lm-eval loads its built-in models only into an empty registry: glam must not be registered first."""
+    from lm_eval.api.registry import get_model
+
+    import glam.evals.lm_eval_adapter  # noqa: F401
+
+    assert get_model("glam").__name__ == "GLaMLM"
+    assert get_model("local-completions").__name__ == "LocalCompletionsAPI"

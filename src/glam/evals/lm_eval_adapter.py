@@ -34,6 +34,10 @@ import warnings
 from typing import Any
 
 try:
+    # lm-eval's own models first: it fills its registry lazily only while the registry is EMPTY
+    # (lm_eval.api.registry.get_model), so registering glam first would hide every built-in model
+    # (local-completions, hf, ...) from the rest of the process.
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # the optional extra is not installed
