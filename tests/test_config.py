@@ -74,3 +74,18 @@ def test_config_is_frozen_and_hashable():
     with pytest.raises(AttributeError):
         cfg.train.steps = 3  # type: ignore[misc]
     assert hash(cfg) == hash(GLaMConfig())
+
+
+def test_each_enumeration_is_declared_once_and_its_registry_follows_it():
+    """The config's Literal is the one list of names; each registry that implements them has exactly those."""
+    from glam.config import ModelConfig, MoEConfig, choices
+    from glam.errors import ConfigError
+    from glam.model.moe.dispatch import DISPATCH
+    from glam.model.moe.layer import EXPERT_FORMS
+    from glam.model.transformer import REMAT_POLICIES
+
+    assert tuple(DISPATCH) == choices(MoEConfig, "dispatch")
+    assert tuple(EXPERT_FORMS) == choices(ModelConfig, "expert_activation")
+    assert tuple(REMAT_POLICIES) == choices(ModelConfig, "remat")
+    with pytest.raises(ConfigError, match=r"moe\.dispatch: got 'bogus'; choose one of 'einsum', 'index', 'dropless'"):
+        MoEConfig(dispatch="bogus")  # built in code, not parsed: still checked

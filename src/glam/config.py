@@ -11,6 +11,7 @@ work — raises :class:`ConfigError` whose message names the field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -33,11 +34,27 @@ def _one_of(value: Any, options: tuple, field_name: str) -> None:
     _check(value in options, field_name, f"got {value!r}; choose one of {', '.join(map(repr, options))}")
 
 
+def choices(cls: type, field_name: str) -> tuple:
+    """The options of a ``Literal`` field: the one declaration of each enumeration (its registry, where
+    it has one — dispatch paths, expert forms, remat policies, source formats — is tested against it)."""
+    return _literal_fields(cls)[field_name]
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {name: typing.get_args(tp) for name, tp in hints.items() if typing.get_origin(tp) is Literal}
+
+
+def _check_choices(obj: Any, prefix: str) -> None:
+    """Every ``Literal`` field of a config section holds one of its options (configs built in code too)."""
+    for name, options in _literal_fields(type(obj)).items():
+        _one_of(getattr(obj, name), options, f"{prefix}.{name}")
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
-
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_moe_outputs")
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     max_seq_len: int = 1024
     scan_layers: bool = True
-    remat: str = "none"
+    remat: Literal["none", "full", "dots", "dots_no_batch", "save_moe_outputs"] = "none"
     activation_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
@@ -68,9 +85,7 @@ class ModelConfig:
             "model.num_layers",
             f"got {self.num_layers}; GLaM stacks (MoE, dense) pairs, so use an even number of layers",
         )
-        _one_of(self.expert_activation, ("relu", "gelu", "geglu"), "model.expert_activation")
-        _one_of(self.remat, REMAT_POLICIES, "model.remat")
-        _one_of(self.activation_dtype, ("float32", "bfloat16"), "model.activation_dtype")
+        _check_choices(self, "model")
         _check(self.rel_buckets >= 4 and self.rel_buckets % 2 == 0, "model.rel_buckets", "use an even number >= 4")
         _check(
             self.rel_max_distance > self.rel_buckets // 2,
@@ -118,6 +133,7 @@ class MoEConfig:
     bias_rate: float = 1e-3
 
     def __post_init__(self) -> None:
+        _check_choices(self, "moe")
         _check(self.num_experts >= 0, "moe.num_experts", "must be >= 0 (0 means a dense model)")
         _check(
             self.num_experts != 1,
@@ -134,8 +150,6 @@ class MoEConfig:
             "moe.second_expert_policy",
             "'random' is GShard's rule for a second expert: it needs moe.top_k=2",
         )
-        _one_of(self.router, ("token_choice", "expert_choice"), "moe.router")
-        _one_of(self.expert_choice_eval, ("causal", "group"), "moe.expert_choice_eval")
         _check(
             self.router == "token_choice" or self.second_expert_policy == "all",
             "moe.second_expert_policy",
@@ -143,7 +157,6 @@ class MoEConfig:
         )
         _check(self.router_z_loss >= 0, "moe.router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
         _check(self.shared_experts >= 0, "moe.shared_experts", "must be >= 0")
-        _one_of(self.balance, ("aux_loss", "bias"), "moe.balance")
         _check(self.bias_rate > 0, "moe.bias_rate", "must be > 0 (DeepSeek-V3 uses 1e-3)")
         _check(
             self.balance == "aux_loss" or self.router == "token_choice",
@@ -161,15 +174,9 @@ class MoEConfig:
         _check(self.capacity_factor_eval > 0, "moe.capacity_factor_eval", "must be > 0")
         _check(self.capacity_multiple >= 1, "moe.capacity_multiple", "must be >= 1")
         _check(self.group_size >= 0, "moe.group_size", "must be >= 0 (0 = one group per sequence)")
-        _one_of(self.second_expert_policy, ("all", "random"), "moe.second_expert_policy")
         _check(0 < self.second_expert_threshold <= 1, "moe.second_expert_threshold", "must be in (0, 1]")
         _check(self.aux_loss_weight >= 0, "moe.aux_loss_weight", "must be >= 0")
-        _one_of(self.dispatch, ("einsum", "index", "dropless"), "moe.dispatch")
         _check(self.expert_dim >= 0, "moe.expert_dim", "must be >= 0 (0 = model.ffn_dim)")
-
-    @property
-    def enabled(self) -> bool:
-        return self.num_experts > 0
 
 
 @dataclass(frozen=True)
@@ -199,11 +206,6 @@ class MeshConfig:
         )
 
 
-SOURCE_FORMATS = (
-    "auto", "text", "lines", "paragraphs", "json", "jsonl", "csv", "parquet", "xml_posts", "stackexchange", "hf"
-)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class SourceConfig:
     """One named text source of the training mixture (paper Table 3 is the model)."""
@@ -230,7 +232,10 @@ class SourceConfig:
             f"data.sources[{self.name}].weight",
             f"got {self.weight}; mixture weights must be > 0 (remove the source to leave it out)",
         )
-        _one_of(self.format, SOURCE_FORMATS, f"data.sources[{self.name}].format")
+        _check_choices(self, f"data.sources[{self.name}]")
+
+
+SOURCE_FORMATS = choices(SourceConfig, "format")
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,7 @@ class DataConfig:
         names = [s.name for s in self.sources]
         _check(len(names) == len(set(names)), "data.sources", f"source names must be unique, got {names}")
         _check(self.heldout_docs >= 0, "data.heldout_docs", "must be >= 0")
-        _one_of(self.on_bad_json, ("skip", "error"), "data.on_bad_json")
+        _check_choices(self, "data")
         _check(self.seed >= 0, "data.seed", f"got {self.seed}; the data order's seed must be >= 0")
 
 
@@ -273,7 +278,7 @@ class OptimConfig:
     grad_clip_norm: float = 0.0  # 0 = off (Adafactor clips updates instead)
 
     def __post_init__(self) -> None:
-        _one_of(self.name, ("adafactor", "adamw"), "optim.name")
+        _check_choices(self, "optim")
         _check(self.warmup_steps >= 1, "optim.warmup_steps", "must be >= 1")
         _check(self.lr_scale > 0, "optim.lr_scale", "must be > 0")
         _check(self.learning_rate > 0, "optim.learning_rate", "must be > 0")
@@ -350,7 +355,7 @@ class GLaMConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.moe.enabled:
+        if self.is_moe:
             g = self.moe.group_size
             tokens = self.train.batch_size // self.train.grad_accum * self.train.seq_len
             _check(
@@ -367,7 +372,8 @@ class GLaMConfig:
     # Derived sizes -------------------------------------------------------------------------
     @property
     def is_moe(self) -> bool:
-        return self.moe.enabled
+        """Whether the model has MoE layers (moe.num_experts > 0): the one test of it."""
+        return self.moe.num_experts > 0
 
     @property
     def num_pairs(self) -> int:
@@ -454,16 +460,30 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, values: dict, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a (possibly partial) nested dict, checking keys and types."""
-    hints = typing.get_type_hints(cls)
+def _field_values(cls: type, values: dict, where: str, current: Any = None) -> dict:
+    """``values`` checked against ``cls``'s fields and coerced to their types: the one reader of a nested
+    mapping, for a section built from scratch (``current`` None) or replacing fields of ``current``."""
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    out = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"{path}: unknown key; valid keys here are {', '.join(sorted(names))}")
-        kwargs[key] = _coerce(value, hints[key], path)
+            scope = f"under '{where}.'" if where else "at the top level"
+            raise ConfigError(f"{path}: unknown key; valid keys {scope} are {', '.join(sorted(names))}")
+        inner = getattr(current, key) if current is not None else None
+        if dataclasses.is_dataclass(inner):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: is a section; set one of its fields, e.g. {path}.<field>=...")
+            out[key] = _replace_nested(inner, value, path)
+        else:
+            out[key] = _coerce(value, hints[key], path)
+    return out
+
+
+def from_dict(cls: type, values: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict, checking keys and types."""
+    kwargs = _field_values(cls, values, where)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
@@ -494,22 +514,7 @@ def _deep_update(into: dict, new: dict) -> dict:
 def _replace_nested(obj: Any, values: dict, where: str = "") -> Any:
     """``obj`` with every field in the nested ``values`` replaced at once, so a section is validated
     only after all of its changes (e.g. mesh.num_processes together with mesh.coordinator_address)."""
-    names = {f.name for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
-    changes = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            scope = f"under '{where}.'" if where else "at the top level"
-            raise ConfigError(f"{path}: unknown key; valid keys {scope} are {', '.join(sorted(names))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: is a section; set one of its fields, e.g. {path}.<field>=...")
-            changes[key] = _replace_nested(current, value, path)
-        else:
-            changes[key] = _coerce(value, hints[key], path)
-    return dataclasses.replace(obj, **changes)
+    return dataclasses.replace(obj, **_field_values(type(obj), values, where, current=obj))
 
 
 def apply_overrides(cfg: GLaMConfig, overrides: list[str] | tuple[str, ...]) -> GLaMConfig:
