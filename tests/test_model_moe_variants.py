@@ -274,3 +274,18 @@ def test_the_train_step_moves_the_bias_by_the_sign_rule_and_resumes_it():
     )
     total, activated = counting_rule(cfg)
     assert (model_size(cfg).params_total, model_size(cfg).params_activated) == (total, activated)
+
+
+def test_a_group_size_that_does_not_divide_the_batch_routes_each_row_alone():
+    """Scoring a batch moe.group_size does not divide: one group per row, so a row's output does not
+    depend on its batchmates (it used to be one group over the whole batch, competing for capacity)."""
+    from glam.model.moe.layer import routing_group_size
+
+    moe = MoEConfig(num_experts=E, group_size=6, capacity_factor_eval=0.5, capacity_multiple=1)
+    assert routing_group_size(moe, 2, 7) == 7 and routing_group_size(moe, 2, 9) == 6  # 18 tokens: groups of 6
+    mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4)
+    layer = MoEFFN(mcfg, moe, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(7), (3, 7, M))  # 21 tokens: 6 does not divide them
+    y, _ = layer(x, train=False)
+    alone, _ = layer(x[1:2], train=False)
+    np.testing.assert_allclose(y[1:2], alone, atol=1e-6)

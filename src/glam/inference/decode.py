@@ -20,8 +20,8 @@ MoE routing (reference doc §3) when decoding:
 
 - The prefill routes with the model's own grouping, as training and scoring do: by default one group
   per prompt, so a prompt does not compete with its batchmates (a set ``moe.group_size`` that does
-  not divide B·T falls back to one group: the MoE layer does that itself), with the eval capacity
-  (or none with ``moe.eval_no_drop=true``).
+  not divide B·T falls back to one group per prompt: ``moe.layer.routing_group_size``), with the
+  eval capacity (or none with ``moe.eval_no_drop=true``).
 - Each step calls the blocks with ``decode=True``: the B current tokens go to their top-2
   experts with no capacity at all (``glam.model.moe.decode``), so nothing is dropped and a row's
   continuation never depends on its batchmates. A step therefore equals the full forward pass over

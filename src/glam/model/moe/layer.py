@@ -109,17 +109,14 @@ class MoEFFN(nnx.Module):
                 y = y + self.shared(flat)
             return constrain(y.reshape(B, S, M), ax.BSM), {}
         E = self.moe.num_experts
-        group_size = self.moe.group_size or S
-        if (B * S) % group_size:
-            # Batches that a configured group size does not divide (scoring, prefill of odd shapes):
-            # all tokens form one group. Training batches are validated to divide.
-            group_size = B * S
+        group_size = routing_group_size(self.moe, B, S)
         G = (B * S) // group_size
         xg = constrain(x.reshape(G, group_size, M), ax.GSM)  # [G, S_g, M]
         factor = self.moe.capacity_factor_train if train else self.moe.capacity_factor_eval
-        C = capacity_for(group_size, E, factor, self.moe.capacity_multiple)
         if self.moe.dispatch == "dropless" or (not train and self.moe.eval_no_drop):
             C = group_size  # an expert receives at most one assignment per token: nothing is dropped
+        else:
+            C = capacity_for(group_size, E, factor, self.moe.capacity_multiple)
         logits = jnp.einsum("gsm,me->gse", xg.astype(jnp.float32), self.w_router[...])
         valid_g = None if valid is None else valid.reshape(G, group_size)
         expert_choice = self.moe.router == "expert_choice"
@@ -146,6 +143,20 @@ class MoEFFN(nnx.Module):
         if self.moe.router_z_loss:
             stats = {**stats, "router_z_loss": router_z_loss(logits, valid_g)}
         return constrain(y.reshape(B, S, M), ax.BSM), stats
+
+
+def routing_group_size(moe: MoEConfig, B: int, S: int) -> int:
+    """Tokens per routing group for a batch [B, S]: ``moe.group_size``, or one group per sequence.
+
+    Training batches are checked to divide by ``moe.group_size`` (config); a batch it does not divide
+    (scoring or a prefill of another shape) routes one group per sequence, so its rows never compete
+    for capacity — never one group over the whole batch. Capacity per group and expert is then
+    int(S_g · cf / E) rounded up to ``moe.capacity_multiple`` (cf: ``capacity_factor_train`` in
+    training, ``capacity_factor_eval`` otherwise), or S_g (nothing dropped) for dropless dispatch and
+    for evaluation with ``moe.eval_no_drop``; a decode step has no capacity at all (moe/decode.py).
+    """
+    g = moe.group_size or S
+    return g if (B * S) % g == 0 else S
 
 
 def router_z_loss(logits: jax.Array, valid: jax.Array | None) -> jax.Array:
