@@ -199,7 +199,7 @@ def test_a_json_layout_the_rule_does_not_cover_is_one_line_naming_the_rule(tmp_p
 
 def test_every_configurable_format_is_in_the_one_registry():
     from glam.config import SOURCE_FORMATS
-    from glam.data.sources import FORMATS
+    from glam.data.formats import FORMATS
 
     assert set(SOURCE_FORMATS) - {"auto"} <= set(FORMATS)
     assert set(FORMATS) == set(SOURCE_FORMATS) - {"auto"}  # every format can be named in a config

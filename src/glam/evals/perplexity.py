@@ -1,7 +1,7 @@
 """Perplexity on held-out text files through ``LanguageModel.loglikelihood_rolling``.
 
 A ``.jsonl`` file is a list of documents (field ``text``), and so is a ``.json`` file, by the rule of
-training sources (glam.data.sources.JSON_RULE: a JSON array of objects, or one object per line); any
+training sources (glam.data.formats.JSON_RULE: a JSON array of objects, or one object per line); any
 other file is one document. Files are
 read under the text policy of training sources (:mod:`glam.files`): bytes that are not UTF-8 become
 U+FFFD (counted, one warning), a file that is not text is refused, ``.gz``/``.bz2`` are decompressed,
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from glam.data.sources import JSON_RULE, BadRecord, json_layout, jsonl_text
+from glam.data.formats import JSON_RULE, BadRecord, json_layout, jsonl_text
 from glam.errors import GLaMError, GLaMWarning
 from glam.evals.model_api import LanguageModel
 from glam.files import SNIFF_BYTES, read_text
