@@ -20,6 +20,7 @@ lm_eval = pytest.importorskip(
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.api.registry import Registry, get_model  # noqa: E402
+from lm_eval_tasks import COPA_LM_EVAL, copa_rows  # noqa: E402
 
 import glam.inference  # noqa: E402
 from glam.errors import ConfigError, GLaMWarning  # noqa: E402
@@ -30,22 +31,6 @@ from glam.evals.testing import CharLanguageModel  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TASKS = REPO / ".." / "shared" / "data" / "tasks"
 CHAR_MODEL = "model=glam.evals.testing:CharLanguageModel"
-
-COPA_LM_EVAL = """task: glam_local_copa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{premise[:-1] if premise.endswith('.') else premise}}}}
-  {{{{'because' if question == 'cause' else 'therefore'}}}}"
-doc_to_choice: "{{{{[choice1[0].lower() + choice1[1:], choice2[0].lower() + choice2[1:]]}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 ARC_LM_EVAL = """task: glam_local_arc_easy
 dataset_path: json
@@ -84,31 +69,17 @@ class ShortContext(CharLanguageModel):
 """
 
 
-def _copa_rows():
-    if (SHARED_TASKS / "copa/val.jsonl").exists():
-        return (SHARED_TASKS / "copa/val.jsonl").read_text().splitlines()[:40]
-    rows = [
-        {"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
-         "choice2": "Water flowed from the spout.", "question": "effect", "label": 1, "idx": 0},
-        {"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
-         "choice2": "She lost her appetite.", "question": "effect", "label": 1, "idx": 1},
-        {"premise": "The woman retired.", "choice1": "She received her pension.",
-         "choice2": "She paid off her mortgage.", "question": "effect", "label": 0, "idx": 2},
-    ]  # fmt: skip
-    return [json.dumps(r) for r in rows]
-
-
 def _copa_data(tmp_path) -> Path:
     data = tmp_path / "data" / "copa" / "val.jsonl"
     data.parent.mkdir(parents=True)
-    data.write_text("\n".join(_copa_rows()) + "\n")
+    data.write_text("\n".join(copa_rows(SHARED_TASKS, 40)) + "\n")
     return data
 
 
 def _task_dir(tmp_path, template, data_file, name) -> Path:
     task_dir = tmp_path / "lm_eval_tasks"
     task_dir.mkdir(exist_ok=True)
-    (task_dir / f"{name}.yaml").write_text(template.format(data=data_file))
+    (task_dir / f"{name}.yaml").write_text(template.format(data=data_file, name=name))
     return task_dir
 
 

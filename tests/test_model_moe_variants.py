@@ -57,6 +57,18 @@ def test_decode_gates_follow_k():
     np.testing.assert_allclose(gate.sum(-1), 1.0, rtol=1e-6)
 
 
+def assert_same_values_and_grads(fast, slow, state, x):
+    """``fast(state, x)`` (the layer) and ``slow(weights, x)`` (the loop reference) agree in output and in
+    the gradients of the loss with respect to the router and expert weights and to x."""
+    w = {name: state[name][...] for name in ("w_router", "w_in", "w_out")}
+    (_, yf), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
+    (_, ys), (gs, gxs) = jax.value_and_grad(slow, argnums=(0, 1), has_aux=True)(w, x)
+    np.testing.assert_allclose(yf, ys, atol=1e-5)
+    np.testing.assert_allclose(gxf, gxs, atol=1e-5)
+    for name in w:
+        np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
+
+
 def _layer(dispatch="index", k=2, shared=0, activation="relu", cf=0.5):
     mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4, expert_activation=activation)
     moe = MoEConfig(
@@ -82,13 +94,7 @@ def test_dispatch_equals_reference_for_k(monkeypatch, dispatch, k):
         y, aux = reference_moe(x, w["w_router"], w["w_in"], w["w_out"], C, k=k)
         return jnp.sum(jnp.sin(y)) + aux, y
 
-    w = {name: state[name][...] for name in ("w_router", "w_in", "w_out")}
-    (_, yf), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
-    (_, ys), (gs, gxs) = jax.value_and_grad(slow, argnums=(0, 1), has_aux=True)(w, x)
-    np.testing.assert_allclose(yf, ys, atol=1e-5)
-    np.testing.assert_allclose(gxf, gxs, atol=1e-5)
-    for name in w:
-        np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
+    assert_same_values_and_grads(fast, slow, state, x)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -210,13 +216,7 @@ def test_expert_choice_layer_equals_reference_forward_and_grads():
         y = reference_expert_choice(x, w["w_router"], w["w_in"], w["w_out"], capacity(S, E, 2.0, 1), valid=valid)
         return jnp.sum(jnp.sin(y)), y
 
-    w = {name: state[name][...] for name in ("w_router", "w_in", "w_out")}
-    (_, yf), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
-    (_, ys), (gs, gxs) = jax.value_and_grad(slow, argnums=(0, 1), has_aux=True)(w, x)
-    np.testing.assert_allclose(yf, ys, atol=1e-5)
-    np.testing.assert_allclose(gxf, gxs, atol=1e-5)
-    for name in w:
-        np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
+    assert_same_values_and_grads(fast, slow, state, x)
 
 
 def test_expert_choice_evaluates_and_decodes_causally():

@@ -15,6 +15,7 @@ import httpx
 import jax
 import numpy as np
 import pytest
+from lm_eval_tasks import COPA_LM_EVAL, copa_rows
 
 from glam.config import resolve
 from glam.data.tokenizer import train_tokenizer
@@ -220,7 +221,7 @@ def test_lm_eval_local_completions_through_the_server_equals_glam_eval(model, se
     from glam.evals import evaluate
 
     url, _ = server
-    rows = SHARED_COPA.read_text().splitlines()[:24] if SHARED_COPA.exists() else _copa_rows()
+    rows = copa_rows(SHARED_COPA.parents[1], 24, fallback=4)
     data = tmp_path / "data" / "copa" / "val.jsonl"
     data.parent.mkdir(parents=True)
     data.write_text("\n".join(rows) + "\n")
@@ -230,7 +231,7 @@ def test_lm_eval_local_completions_through_the_server_equals_glam_eval(model, se
         monkeypatch.setenv(var, value)
     tasks = tmp_path / "lm_eval_tasks"
     tasks.mkdir()
-    (tasks / "serve_copa.yaml").write_text(COPA_LM_EVAL.format(data=data))
+    (tasks / "serve_copa.yaml").write_text(COPA_LM_EVAL.format(data=data, name="serve_copa"))
     from lm_eval.tasks import TaskManager
 
     out = lm_eval.simple_evaluate(
@@ -243,67 +244,3 @@ def test_lm_eval_local_completions_through_the_server_equals_glam_eval(model, se
     )
     print("lm-eval via glam serve:", out["results"]["serve_copa"]["acc,none"], "glam eval:", ours)
     assert out["results"]["serve_copa"]["acc,none"] == pytest.approx(ours)
-
-
-COPA_LM_EVAL = """task: serve_copa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{premise[:-1] if premise.endswith('.') else premise}}}}
-  {{{{'because' if question == 'cause' else 'therefore'}}}}"
-doc_to_choice: "{{{{[choice1[0].lower() + choice1[1:], choice2[0].lower() + choice2[1:]]}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-"""
-
-
-def _copa_rows():
-    rows = [
-        {"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
-         "choice2": "Water flowed from the spout.", "question": "effect", "label": 1, "idx": 0},
-        {"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
-         "choice2": "She lost her appetite.", "question": "effect", "label": 1, "idx": 1},
-        {"premise": "The woman retired.", "choice1": "She received her pension.",
-         "choice2": "She paid off her mortgage.", "question": "effect", "label": 0, "idx": 2},
-        {"premise": "I wanted to conserve energy.", "choice1": "I swept the floor.",
-         "choice2": "I shut off the lights.", "question": "effect", "label": 1, "idx": 3},
-    ]  # fmt: skip
-    return [json.dumps(r) for r in rows]
-
-
-def test_cli_serves_a_checkpoint_and_fails_in_one_line(model, monkeypatch, tmp_path, capsys):
-    import types
-
-    import uvicorn
-
-    from glam.cli.main import main
-
-    monkeypatch.setitem(
-        __import__("sys").modules,
-        "glam.checkpoint",
-        types.SimpleNamespace(load_for_inference=lambda run, step=None: model),
-    )
-    seen = {}
-
-    def run(app, host, port, log_level):  # instead of serving forever: one request, then return
-        seen.update(host=host, port=port)
-        with background(app) as url:
-            seen["models"] = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
-            r = httpx.post(
-                f"{url}/v1/completions", json={"prompt": "The", "max_tokens": 3, "temperature": 0}, timeout=120
-            )
-            seen["text"] = r.json()["choices"][0]["text"]
-            seen["health"] = httpx.get(f"{url}/health", timeout=60).json()
-
-    monkeypatch.setattr(uvicorn, "run", run)
-    assert main(["serve", "--checkpoint", "runs/my-run", "--port", "9123", "--max-batch", "2"]) == 0
-    assert seen["models"] == "my-run" and seen["port"] == 9123 and seen["host"] == "127.0.0.1"
-    assert seen["text"] == _greedy(model, "The", 3).text and seen["health"]["max_batch"] == 2
-    monkeypatch.undo()
-    assert main(["serve", "--checkpoint", str(tmp_path / "nothing-here")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "nothing-here" in err[0]

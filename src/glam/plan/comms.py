@@ -128,36 +128,31 @@ def count_collectives(
     by_cat = {c: {"count": 0.0, "bytes": 0.0} for c in CATEGORIES}
     by_group: dict[int, float] = defaultdict(float)
     unknown_groups = 0
-    for comp, instructions in module.computations.items():
-        m = mult.get(comp, 0.0)
-        if not m:
+    for _, m, symbols, ins in hlo.executed(module, mult):
+        kind = collective_kind(ins.opcode)
+        if kind is None:
             continue
-        symbols = hlo.symbol_shapes(instructions)
-        for ins in instructions:
-            kind = collective_kind(ins.opcode)
-            if kind is None:
-                continue
-            shapes = hlo.operand_shapes(ins, symbols)
-            n = 1 if kind == "collective-permute" else hlo.group_size(ins.attrs, num_devices)
-            if n is None:
-                unknown_groups += 1
-                n = num_devices  # the widest group: an upper bound
-            sent = bytes_sent(kind, sum(hlo.shape_bytes(s) for s in shapes), n) * m
-            by_kind[kind]["count"] += m
-            by_kind[kind]["bytes"] += sent
-            by_group[n] += sent
-            if kind in ("reduce-scatter", "all-reduce"):
-                parts = defaultdict(float)
-                for s in shapes:
-                    parts[classify_reduced(s, weights, moe)] += bytes_sent(kind, hlo.shape_bytes(s), n) * m
-                main = max(parts, key=parts.get) if parts else "activation"
-                by_cat[main]["count"] += m
-                for cat, b in parts.items():
-                    by_cat[cat]["bytes"] += b
-            else:
-                cat = classify(kind, shapes, ins.shape, weights, moe)
-                by_cat[cat]["count"] += m
-                by_cat[cat]["bytes"] += sent
+        shapes = hlo.operand_shapes(ins, symbols)
+        n = 1 if kind == "collective-permute" else hlo.group_size(ins.attrs, num_devices)
+        if n is None:
+            unknown_groups += 1
+            n = num_devices  # the widest group: an upper bound
+        sent = bytes_sent(kind, sum(hlo.shape_bytes(s) for s in shapes), n) * m
+        by_kind[kind]["count"] += m
+        by_kind[kind]["bytes"] += sent
+        by_group[n] += sent
+        if kind in ("reduce-scatter", "all-reduce"):
+            parts = defaultdict(float)
+            for s in shapes:
+                parts[classify_reduced(s, weights, moe)] += bytes_sent(kind, hlo.shape_bytes(s), n) * m
+            main = max(parts, key=parts.get) if parts else "activation"
+            by_cat[main]["count"] += m
+            for cat, b in parts.items():
+                by_cat[cat]["bytes"] += b
+        else:
+            cat = classify(kind, shapes, ins.shape, weights, moe)
+            by_cat[cat]["count"] += m
+            by_cat[cat]["bytes"] += sent
     total = sum(v["bytes"] for v in by_kind.values())
     return {
         "by_kind": {k: {"count": int(round(v["count"])), "bytes": v["bytes"]} for k, v in by_kind.items()},

@@ -59,14 +59,9 @@ def count_cost(module: hlo.Module, apply_trip_counts: bool = True) -> dict:
         mult = {c: 1.0 for c in hlo.multiplicities(module)[0]}
     fused = _fused(module)
     flops = traffic = 0.0
-    for comp, instructions in module.computations.items():
-        m = mult.get(comp, 0.0)
-        if not m:
-            continue
-        symbols = hlo.symbol_shapes(instructions)
-        for ins in instructions:
-            flops += m * dot_flops(ins, symbols)
-            if comp not in fused and ins.opcode not in FREE_OPS:
-                moved = hlo.shape_bytes(ins.shape) + sum(hlo.shape_bytes(s) for s in hlo.operand_shapes(ins, symbols))
-                traffic += m * moved
+    for comp, m, symbols, ins in hlo.executed(module, mult):
+        flops += m * dot_flops(ins, symbols)
+        if comp not in fused and ins.opcode not in FREE_OPS:
+            moved = hlo.shape_bytes(ins.shape) + sum(hlo.shape_bytes(s) for s in hlo.operand_shapes(ins, symbols))
+            traffic += m * moved
     return {"dot_flops": flops, "hbm_bytes": traffic}

@@ -267,6 +267,18 @@ def op_name(attrs: str) -> str:
     return m.group(1) if m else ""
 
 
+def executed(module: Module, mult: dict[str, float]):
+    """Yield ``(computation, times it runs per step, its symbol shapes, instruction)`` for every
+    instruction of a computation that runs (``mult`` from :func:`multiplicities`)."""
+    for comp, instructions in module.computations.items():
+        m = mult.get(comp, 0.0)
+        if not m:
+            continue
+        symbols = symbol_shapes(instructions)
+        for ins in instructions:
+            yield comp, m, symbols, ins
+
+
 def symbol_shapes(instructions: list[Instruction]) -> dict[str, str]:
     """Result shape of each named instruction of one computation (its parameters included)."""
     return {i.name: i.shape for i in instructions}
