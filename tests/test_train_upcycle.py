@@ -47,6 +47,24 @@ def test_upcycled_model_computes_the_dense_function_and_trains(dense, capsys):
     assert [r["step"] for r in records] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in records)
 
 
+def test_continue_goes_on_at_the_source_step_and_data_position(dense):
+    from glam.checkpoint.manager import Checkpointer
+
+    folder, source = dense
+    new = str(folder / "moe-continued")
+    args = ["upcycle", "--continue", "--from", source, "--run-dir", new, "moe.num_experts=4", *IN_PROCESS]
+    assert main([*args[:-2], "train.steps=6", *IN_PROCESS]) == 2  # train.steps must count the dense steps too
+    assert main([*args, "train.steps=8"]) == 0
+    theirs, ours = Checkpointer(source), Checkpointer(new)
+    try:
+        assert ours.all_steps() == [6] and theirs.latest_step() == 6
+        assert ours.restore_json(6, "data") == theirs.restore_json(6, "data")
+    finally:
+        theirs.close(), ours.close()
+    records = run_train(os.path.join(new, "config.yaml"), new, devices=8, cache_dir=str(folder / "cache"))
+    assert [r["step"] for r in records] == [7, 8]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -215,6 +215,11 @@ class Checkpointer:
         meta = self._restore(step, {}, ("meta",)).meta
         return meta.get("config")
 
+    def restore_json(self, step: int, item: str) -> dict:
+        """One JSON item of checkpoint ``step``: ``"data"`` (the data pipeline state) or ``"meta"``."""
+        self.wait()
+        return getattr(self._restore(step, {}, (item,)), item)
+
     def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
         """(state, data pipeline state) at ``step`` (default: the latest), placed as ``target`` says."""
         self.wait()

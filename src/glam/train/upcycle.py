@@ -7,7 +7,11 @@ What is copied: embeddings, every norm, every attention layer, and the dense FFN
 layers). Each MoE layer (even layers) gets E copies of the dense FFN of the same layer as its
 experts — which needs experts of the dense FFN's form, so the config gets
 ``model.expert_activation=geglu`` — and a freshly initialised router (from ``train.seed``). The
-optimizer state starts fresh; the data pipeline starts at its beginning.
+optimizer state starts fresh. By default the new run starts at step 0 (the learning-rate schedule's
+warm-up again) with the data from its beginning; ``continue_source=True`` (``--continue``) instead
+starts it at the source's step with the source's data state, so the schedule and the data stream go on
+where the dense run stopped, as Komatsuzaki et al. continue training (``train.steps`` must then exceed
+the source's step: it counts the dense steps too).
 
 Property (tested): with identical experts, every token's gates sum to 1 (top-k renormalised), so a
 layer that drops nothing computes exactly the dense FFN, and the upcycled model's loss equals the
@@ -88,8 +92,23 @@ def upcycle_params(dense_cfg: GLaMConfig, dense_params: dict, cfg: GLaMConfig, f
     return jax.tree_util.tree_map_with_path(take, fresh_params)
 
 
-def upcycle(from_run: str, run_dir: str, overrides: list[str]) -> dict:
-    """Write ``run_dir`` with the step-0 checkpoint of the upcycled model; returns a summary."""
+def source_position(from_run: str) -> tuple[int, dict]:
+    """(step, data pipeline state) of the source run's latest checkpoint."""
+    from glam.checkpoint.manager import Checkpointer
+
+    checkpointer = Checkpointer(from_run)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise GLaMError(f"{from_run!r} has no finished checkpoint; train it first")
+        return step, checkpointer.restore_json(step, "data")
+    finally:
+        checkpointer.close()
+
+
+def upcycle(from_run: str, run_dir: str, overrides: list[str], *, continue_source: bool = False) -> dict:
+    """Write ``run_dir`` with the first checkpoint of the upcycled model (step 0, or the source's step
+    with ``continue_source``); returns a summary."""
     from glam.checkpoint import load_for_inference
     from glam.checkpoint.lock import RunLock
     from glam.checkpoint.manager import checkpoint_dir
@@ -104,16 +123,31 @@ def upcycle(from_run: str, run_dir: str, overrides: list[str]) -> dict:
     cfg = upcycle_config(dense_cfg, overrides)
     tokenizer = os.path.join(from_run, TOKENIZER_FILE)  # the source's own, so its ids mean the same
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
+    start_step, data_state = source_position(from_run) if continue_source else (0, None)
+    if start_step and cfg.train.steps <= start_step:
+        raise ConfigError(
+            f"train.steps={cfg.train.steps}, but the upcycled run continues from the source's step {start_step}; "
+            f"train.steps counts the dense steps too: set train.steps={start_step} + the steps to train"
+        )
     with RunLock(run_dir, enabled=cfg.mesh.process_id == 0):
         run, fresh = start_run(cfg, run_dir)
         try:
             params = upcycle_params(dense_cfg, dense_params, cfg, fresh.params)
             init = jax.jit(make_optimizer(cfg).init, out_shardings=state_shardings(cfg, run.mesh).opt_state)
             state = fresh._replace(params=params, opt_state=init(params))
+            if data_state is not None:
+                step = jax.device_put(jnp.asarray(start_step, state.step.dtype), state.step.sharding)
+                state = state._replace(step=step)
+                run.pipeline.load_state_dict(data_state)
             run.save(state)
         finally:
             run.close()
-    record = {"from": os.path.abspath(from_run), "num_experts": cfg.moe.num_experts, "overrides": list(overrides)}
+    record = {
+        "from": os.path.abspath(from_run),
+        "num_experts": cfg.moe.num_experts,
+        "overrides": list(overrides),
+        "start_step": start_step,
+    }
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, UPCYCLED_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
