@@ -143,3 +143,28 @@ def test_smoke_sweep_trains_scores_rows_and_reuses(claims, shared_data, tmp_path
     assert claims.main(argv) == 0
     assert (out / "d16-dense-s0" / "metrics.jsonl").read_text() == metrics  # the finished run was reused
     assert len(json.loads((out / "sweep.json").read_text())["invocations"]) == 2
+
+
+def test_routing_sweep_compares_at_equal_compute(claims):
+    from glam.config import apply_overrides
+
+    spec = importlib.util.spec_from_file_location("routing_sweep", EXPERIMENTS / "routing_sweep.py")
+    routing = importlib.util.module_from_spec(spec)
+    sys.modules["routing_sweep"] = routing
+    spec.loader.exec_module(routing)
+    scale = claims.SCALES["powered"]
+    size = scale.sizes[-1]
+    runs = routing.plan(scale, size)
+    assert len(runs) == len({r.name for r in runs}) == 10 * 3 and [r.config for r in runs[:3]] == ["dense-src"] * 3
+    cfg = {r.config: routing.run_config(scale, size, r) for r in runs if r.seed == 0 and not r.source}
+    flops = {c: model_size(v).flops_per_token_train for c, v in cfg.items()}
+    for config in routing.ROUTERS:  # equal activated compute, up to the router's E·M
+        assert abs(flops[config] / flops["top2"] - 1) < 0.002, config
+    assert cfg["top1"].moe.top_k == 1 and cfg["top1"].moe.expert_dim == 256 and cfg["top2-shared"].moe.expert_dim == 85
+    steps = {r.config: r.steps for r in runs}
+    upcycled = apply_overrides(cfg["dense-src"], ["moe.num_experts=8", "model.expert_activation=geglu"])
+    assert model_size(upcycled).flops_per_token_train == flops["scratch"]  # upcycling makes the scratch model
+    budget = steps["scratch"] * flops["scratch"]
+    assert steps["dense-src"] == 400 and steps["upcycled"] == 858 and steps["dense-cont"] == 935
+    spent = steps["dense-src"] * flops["dense-src"] + (steps["upcycled"] - steps["dense-src"]) * flops["scratch"]
+    assert abs(spent / budget - 1) < 0.002 and abs(steps["dense-cont"] * flops["dense-cont"] / budget - 1) < 0.002
