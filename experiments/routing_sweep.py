@@ -198,6 +198,18 @@ def run_workers(workers: int) -> None:
         raise SystemExit(f"a worker failed (exit codes {codes}); rerun the same command to continue")
 
 
+def time_steps(scale: gc.Scale, size: gc.Size, repeats: int) -> dict:
+    """Seconds per training step of every architecture (seed 0; an upcycled run has the scratch
+    model's, a dense source the dense one's), interleaved in one run (benchmarks/train_step.py's step)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from common import interleaved
+    from train_step import stepper
+
+    specs = [s for s in plan(scale, size) if s.seed == 0 and s.config not in ("upcycled", "dense-src")]
+    seconds = interleaved({s.config: stepper(run_config(scale, size, s)) for s in specs}, repeats)
+    return {"seconds_per_step": seconds, "repeats": repeats, "load": os.getloadavg(), "threads": os.cpu_count()}
+
+
 # --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------
@@ -294,11 +306,12 @@ def plot(groups: dict, size: str, plots: str) -> list[str]:
     return [path]
 
 
-def markdown(entries: list[dict], groups: dict, verdict: dict, size: str, repro: list[dict]) -> str:
+def markdown(entries: list[dict], groups: dict, verdict: dict, size: str, repro: list[dict], timing: dict) -> str:
     f = cr.fmt
+    step = (timing or {}).get("seconds_per_step", {})
     lines = [
         "| configuration | seeds | final held-out mean (per seed) | spread | steps | activated | total | "
-        "total train FLOPs (slots) | 1st dropped | later dropped | max/mean load | tokens/s (median) |",
+        "total train FLOPs (slots) | 1st dropped | later dropped | max/mean load | step time ÷ top-2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config in [*ROUTERS, *UPCYCLE_LABELS]:
@@ -308,6 +321,8 @@ def markdown(entries: list[dict], groups: dict, verdict: dict, size: str, repro:
             continue
         runs = g["runs"]
         r0 = runs[0]
+        arch = {"upcycled": "scratch", "dense-src": "dense-cont"}.get(config, config)
+        ratio = f"{step[arch] / step['top2']:.2f}" if arch in step and "top2" in step else "–"
 
         def mean(key, scale=1.0, digits=1, runs=runs):
             values = [r[key] for r in runs if r.get(key) is not None]
@@ -318,7 +333,7 @@ def markdown(entries: list[dict], groups: dict, verdict: dict, size: str, repro:
             f"({', '.join(f'{v:.4f}' for v in g['values'])}) | {f(g['spread'])} | {r0['steps']} | "
             f"{r0['activated_params']:,} | {r0['total_params']:,} | {r0['total_flops_slots'] / 1e12:.2f}T | "
             f"{mean('dropped_first_mean', 100)}% | {mean('dropped_second_mean', 100)}% | "
-            f"{mean('load_max_over_mean_mean', 1, 2)} | {mean('tokens_per_sec_median', 1, 0)} |"
+            f"{mean('load_max_over_mean_mean', 1, 2)} | {ratio} |"
         )
     lines += ["", f"Rule: {cr.VERDICT_RULE}", ""]
     lines += [
@@ -347,6 +362,7 @@ def markdown(entries: list[dict], groups: dict, verdict: dict, size: str, repro:
 def write_report(out: str, scale: gc.Scale, size: gc.Size, plots: str, claims_json: str = "") -> dict:
     specs = plan(scale, size)
     repro = reproduction(out, size.name, claims_json) if claims_json else []
+    timing = cr.read_json(os.path.join(out, "step_times.json"))
     entries = collect(out, scale, specs)
     groups = cr.group(entries)
     verdict = verdicts(groups, size.name)
@@ -355,6 +371,7 @@ def write_report(out: str, scale: gc.Scale, size: gc.Size, plots: str, claims_js
         "runs": [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries],
         "verdict": verdict,
         "reproduction_of_claims_sweep": repro,
+        "step_times": timing,
         "environment": cr.environment(),
         "sweep": cr.read_json(os.path.join(out, "sweep.json")),
     }
@@ -362,7 +379,7 @@ def write_report(out: str, scale: gc.Scale, size: gc.Size, plots: str, claims_js
     if groups:
         plot(groups, size.name, plots)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
-        fh.write(markdown(entries, groups, verdict, size.name, repro))
+        fh.write(markdown(entries, groups, verdict, size.name, repro, timing))
     return result
 
 
@@ -377,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--workers", type=int, default=1, help="runs trained at once, one per CPU core")
     parser.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--time-steps", type=int, default=0, help="time every architecture's step, N rounds; no training"
+    )
     parser.add_argument("--report-only", action="store_true", help="train nothing; report what --out holds")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s] or None
@@ -392,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         work(args.out, args.data_root, scale, size, os.path.abspath(tokenizer), only)
         return 0
     start = time.perf_counter()
-    if not args.report_only:
+    if args.time_steps:
+        cr.write_json(os.path.join(args.out, "step_times.json"), time_steps(scale, size, args.time_steps))
+    elif not args.report_only:
         tokenizer = gc.ensure_tokenizer(scale, args.data_root, args.out)
         if args.workers > 1:
             run_workers(args.workers)
