@@ -18,6 +18,7 @@ from glam.model.moe.dispatch import block_matmul, sort_by_expert
 from glam.model.moe.gating import capacity
 from glam.model.moe.layer import ACTIVATIONS, MoEFFN
 from glam.model.moe.reference import reference_moe
+from glam.sharding.mesh import MESH_AXES
 from glam.sharding.rules import activate
 
 G, S, M, F, E = 2, 16, 8, 16, 4
@@ -136,8 +137,43 @@ def test_ragged_dot_path_equals_block_path(monkeypatch):
     np.testing.assert_allclose(y_ragged, y_blocks, atol=1e-5)
 
 
-@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; see tests/conftest.py")
-def test_dropless_on_a_mesh_is_a_clear_error():
-    mesh = Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("data", "model"))
-    with activate(mesh), pytest.raises(GLaMError, match="dropless runs on one device"):
-        _layer("dropless", cf=1.0)(jnp.ones((G, S, M)), train=True)
+def _dropless_value_and_grads(mesh_shape: tuple[int, int, int] | None, groups: int = 8):
+    """(y, grads wrt (weights, x)) of the dropless layer on ``groups`` groups, on one device or a
+    (data, data_inner, model) mesh of simulated devices; padding and the random policy on."""
+    layer = _layer("dropless", cf=1.0, policy="random")
+    graphdef, state = nnx.split(layer)
+    x = jax.random.normal(jax.random.key(7), (groups, S, M))
+    valid = jax.random.uniform(jax.random.key(8), (groups, S)) > 0.1
+
+    def loss(state, x):
+        y, _ = nnx.merge(graphdef, state)(x, train=True, rng=jax.random.key(9), valid=valid)
+        return jnp.sum(jnp.sin(y)), y
+
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    n = 1 if mesh_shape is None else int(np.prod(mesh_shape))
+    mesh = None if mesh_shape is None else Mesh(np.array(jax.devices()[:n]).reshape(mesh_shape), MESH_AXES)
+    with activate(mesh):
+        (_, y), grads = fn(state, x)
+    return y, grads
+
+
+@pytest.fixture(scope="module")
+def dropless_one_device():
+    return _dropless_value_and_grads(None)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices; see tests/conftest.py")
+@pytest.mark.parametrize("mesh_shape", [(4, 1, 2), (2, 2, 2)])
+def test_dropless_on_a_mesh_equals_one_device(dropless_one_device, mesh_shape):
+    """The all-to-all exchange (experts over data, F over model; data_inner gathers F) changes nothing."""
+    y0, g0 = dropless_one_device
+    y1, g1 = _dropless_value_and_grads(mesh_shape)
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), g1, g0)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices; see tests/conftest.py")
+def test_dropless_on_a_mesh_that_does_not_divide_is_a_clear_error():
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(8, 1), ("data", "model"))  # 4 experts over 8 data shards
+    with activate(mesh), pytest.raises(GLaMError, match=r"moe.num_experts=4 is not divisible by the mesh's data"):
+        _layer("dropless", cf=1.0)(jnp.ones((8, S, M)), train=True)

@@ -10,7 +10,8 @@ all-to-all of reference doc §4, once before the experts and once after.
 - ``index``: a table of token indices per capacity slot: gather in, gather out (no [G,S,E,C] tensor).
 - ``dropless``: no capacity buffers at all: assignments sorted by expert and a grouped matmul over
   the sorted rows (``jax.lax.ragged_dot`` on GPU/TPU, expert-aligned row blocks on CPU). The layer
-  routes it with C = S_g, so nothing is dropped; one device only (see ``dropless_dispatch``).
+  routes it with C = S_g, so nothing is dropped. On a mesh a padded all-to-all inside ``shard_map``
+  moves each assignment to its expert's data shard and back (``dropless_exchange``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from glam.errors import GLaMError
 from glam.model import axes as ax
@@ -178,46 +180,137 @@ def _block_matmul_bwd(res, dy):
 block_matmul.defvjp(_block_matmul_fwd, _block_matmul_bwd)
 
 
+def grouped_ffn(x_src: jax.Array, row_of: jax.Array, expert: jax.Array, num_experts: int, hidden, w_out) -> jax.Array:
+    """Each item's expert FFN, grouped by expert: item i is row ``row_of[i]`` of ``x_src [N, M]`` for
+    expert ``expert[i]`` in [0, E], E meaning "not computed" (a zero output) → ``[R, M]``.
+
+    ``hidden(project)`` is the experts' hidden layer (``ExpertFFN.hidden``); ``w_out [E, F, M]``.
+    The last row of ``x_src`` must be zeros (padding rows read it).
+    """
+    (R,), E, M = expert.shape, num_experts, x_src.shape[-1]
+    dtype = x_src.dtype
+    if grouped_matmul_impl() == "ragged":
+        order = jnp.argsort(expert, stable=True)
+        sizes = jnp.bincount(expert, length=E + 1)[:E].astype(jnp.int32)
+        xs = x_src[row_of[order]]  # [R, M]; rows past sum(sizes) (not computed) come out of ragged_dot as 0
+        h = hidden(lambda w: jax.lax.ragged_dot(xs, w.astype(dtype), sizes))
+        ys = jax.lax.ragged_dot(h, w_out.astype(dtype), sizes)
+        return jnp.zeros_like(ys).at[order].set(ys)  # [R, M]
+    plan = sort_by_expert(expert, E, BLOCK_ROWS)
+    rows = jnp.where(plan.src < R, row_of[jnp.minimum(plan.src, R - 1)], x_src.shape[0] - 1)
+    xb = x_src[rows].reshape(-1, BLOCK_ROWS, M)  # [nb, b, M]
+    h = hidden(lambda w: block_matmul(xb, w.astype(dtype), plan.block_expert, plan.block_used))
+    yb = block_matmul(h, w_out.astype(dtype), plan.block_expert, plan.block_used).reshape(-1, M)
+    return jnp.concatenate([yb, jnp.zeros((1, M), dtype)])[plan.dst]  # [R, M]
+
+
 def dropless_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, capacity: int) -> jax.Array:
     """Sort the kept assignments by expert, run a grouped matmul, unsort and combine.
 
     ``capacity`` is unused: the layer routes dropless with C = S_g, so only the policy (padding
-    tokens, GShard's "random" second expert) removes assignments. Single data shard only: the sort
-    is over one device's tokens and the experts it needs are all local.
+    tokens, GShard's "random" second expert) removes assignments. On a mesh the assignments first
+    travel to their expert's data shard (``dropless_exchange``); on one device they stay.
     """
-    _check_unsharded()
     G, S, M = x.shape
-    K = r.expert.shape[-1]
-    E, A = num_experts, G * S * K
-    dtype = x.dtype
-    w_out = ffn.w_out[...].astype(dtype)
-    expert = jnp.where(r.kept, r.expert, E).reshape(A)  # [A], assignment a = token·K + k
-    x_pad = jnp.concatenate([x.reshape(G * S, M), jnp.zeros((1, M), dtype)])  # [G·S+1, M], last row zero
-    if grouped_matmul_impl() == "ragged":
-        order = jnp.argsort(expert, stable=True)
-        sizes = jnp.bincount(expert, length=E + 1)[:E].astype(jnp.int32)
-        xs = x_pad[order // K]  # [A, M]; rows past sum(sizes) (dropped) come out of ragged_dot as 0
-        h = ffn.hidden(lambda w: jax.lax.ragged_dot(xs, w.astype(dtype), sizes))
-        ys = jax.lax.ragged_dot(h, w_out, sizes)
-        y_assign = jnp.zeros_like(ys).at[order].set(ys)  # [A, M]
-    else:
-        plan = sort_by_expert(expert, E, BLOCK_ROWS)
-        token = jnp.where(plan.src < A, plan.src // K, G * S)
-        xb = x_pad[token].reshape(-1, BLOCK_ROWS, M)  # [nb, b, M]
-        h = ffn.hidden(lambda w: block_matmul(xb, w.astype(dtype), plan.block_expert, plan.block_used))
-        yb = block_matmul(h, w_out, plan.block_expert, plan.block_used).reshape(-1, M)
-        y_assign = jnp.concatenate([yb, jnp.zeros((1, M), dtype)])[plan.dst]  # [A, M]
-    y = jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G, S, K, M), r.gate.astype(dtype))
-    return y
-
-
-def _check_unsharded() -> None:
+    K, E = r.expert.shape[-1], num_experts
+    expert = jnp.where(r.kept, r.expert, E)  # [G, S, K]
     mesh = active_mesh()
     if mesh is not None and mesh.size > 1:
+        return dropless_exchange(x, expert, r.gate, ffn, E, mesh)
+    x_pad = jnp.concatenate([x.reshape(G * S, M), jnp.zeros((1, M), x.dtype)])  # [G·S+1, M], last row zero
+    token = jnp.arange(G * S * K, dtype=jnp.int32) // K  # assignment a = token·K + k
+    y_assign = grouped_ffn(x_pad, token, expert.reshape(-1), E, ffn.hidden, ffn.w_out[...])
+    return jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G, S, K, M), r.gate.astype(x.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Dropless on a mesh: a padded all-to-all to the experts' data shards and back
+# --------------------------------------------------------------------------------------------
+
+
+def dropless_exchange(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN, num_experts: int, mesh):
+    """Dropless dispatch under ``mesh``: groups sharded over data, experts over ``data`` (rules table).
+
+    Inside ``shard_map`` each device holds G/D groups (A = G/D · S · K assignments) and E/n experts,
+    n = the ``data`` axis size. It sends each of the n shards a buffer of exactly A rows: the exact
+    worst case (every local assignment may pick an expert on one shard), so nothing is ever dropped
+    and no count can overflow; the price is an n·A-row receive buffer, of which A rows per device are
+    real on average. XLA:CPU has no ragged all-to-all, so this padded exchange is the portable one.
+    Received rows run through the local experts' grouped matmul (F split over ``model``, partial sums
+    added by ``psum``), travel back by the inverse all-to-all and are combined with the gates.
+    With ``data_inner`` (more data shards than experts) each expert's F is gathered over it first.
+    """
+    x_axes, n, model = _exchange_axes(x.shape[0], num_experts, ffn, mesh)
+    E_l = num_experts // n
+    gated = getattr(ffn, "gated", False)
+    w = (ffn.w_in[...], ffn.w_gate[...] if gated else ffn.w_in[...], ffn.w_out[...])
+    w_spec = (P("data", None, model), P("data", None, model), P("data", model, None))
+
+    def body(x, expert, gate, w_in, w_gate, w_out):
+        G_l, S, M = x.shape
+        K = expert.shape[-1]
+        A = G_l * S * K
+        flat = expert.reshape(A)  # [A] global expert, E = not computed
+        dest = flat // E_l  # [A] destination shard, n = none
+        order = jnp.argsort(dest, stable=True).astype(jnp.int32)
+        sizes = jnp.bincount(dest, length=n + 1)[:n]
+        start = jnp.cumsum(sizes) - sizes
+        d_sorted = dest[order]
+        pos = jnp.arange(A, dtype=jnp.int32) - start[jnp.minimum(d_sorted, n - 1)]  # < sizes[d] <= A
+        slot_sorted = jnp.where(d_sorted < n, d_sorted * A + pos, n * A)
+        src = jnp.full((n * A + 1,), A, jnp.int32).at[slot_sorted].set(order)[: n * A]  # assignment per slot
+        slot = jnp.zeros((A,), jnp.int32).at[order].set(slot_sorted)  # slot per assignment, n·A if none
+        x_pad = jnp.concatenate([x.reshape(G_l * S, M), jnp.zeros((1, M), x.dtype)])
+        send_x = x_pad[jnp.where(src < A, src // K, G_l * S)]  # [n·A, M]: A rows for each shard
+        send_e = jnp.where(src < A, jnp.concatenate([flat, jnp.array([0], flat.dtype)])[src] % E_l, E_l)
+        recv_x = jax.lax.all_to_all(send_x, "data", 0, 0, tiled=True)  # row block s came from shard s
+        recv_e = jax.lax.all_to_all(send_e, "data", 0, 0, tiled=True)  # local expert, E_l = empty
+        recv_pad = jnp.concatenate([recv_x, jnp.zeros((1, M), x.dtype)])
+        rows = jnp.arange(n * A, dtype=jnp.int32)
+
+        def hidden(project):
+            return ffn.hidden(project, w_in=w_in, w_gate=w_gate if gated else None)
+
+        y_rows = grouped_ffn(recv_pad, rows, recv_e, E_l, hidden, w_out)  # [n·A, M], partial over F
+        if model is not None:
+            y_rows = jax.lax.psum(y_rows, model)
+        back = jax.lax.all_to_all(y_rows, "data", 0, 0, tiled=True)  # [n·A, M] in this shard's slots
+        y_assign = jnp.concatenate([back, jnp.zeros((1, M), x.dtype)])[slot]  # [A, M]
+        return jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G_l, S, K, M), gate.astype(x.dtype))
+
+    g_spec = P(x_axes)
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(g_spec, g_spec, g_spec, *w_spec), out_specs=g_spec, check_vma=False)
+    return constrain(fn(x, expert, gate, *w), ax.GSM)
+
+
+def _exchange_axes(groups: int, num_experts: int, ffn: ExpertFFN, mesh) -> tuple[tuple[str, ...], int, str | None]:
+    """(mesh axes of the groups, size n of ``data``, the expert-F axis or None); a clear error if they don't divide."""
+    names = mesh.axis_names
+    x_axes = tuple(a for a in ("data", "data_inner") if a in names)
+    shards = 1
+    for a in x_axes:
+        shards *= mesh.shape[a]
+    n = mesh.shape.get("data", 1)
+    model = "model" if mesh.shape.get("model", 1) > 1 else None
+    F = ffn.w_in[...].shape[-1]
+    if "data" not in names:
+        raise GLaMError(f"moe.dispatch=dropless needs a mesh with a 'data' axis (got {names}); build it with make_mesh")
+    if num_experts % n:
         raise GLaMError(
-            f"moe.dispatch=dropless runs on one device only (mesh {dict(mesh.shape)}); it sorts each device's "
-            "tokens by expert with no all-to-all exchange yet. Use moe.dispatch=index (or einsum) on a mesh."
+            f"moe.dispatch=dropless: moe.num_experts={num_experts} is not divisible by the mesh's data axis ({n}); "
+            "choose mesh.data dividing the experts (or a multiple of them: glam's make_mesh then splits each expert)"
         )
+    if groups % shards:
+        raise GLaMError(
+            f"moe.dispatch=dropless: {groups} routing groups do not divide over {shards} data shards; "
+            "make train.batch_size x train.seq_len / moe.group_size a multiple of mesh.data"
+        )
+    if model is not None and F % mesh.shape["model"]:
+        raise GLaMError(
+            f"moe.dispatch=dropless: the expert width {F} is not divisible by mesh.model={mesh.shape['model']}; "
+            "choose moe.expert_dim (or model.ffn_dim) divisible by mesh.model"
+        )
+    return x_axes, n, model
 
 
 def expert_choice_dispatch(x: jax.Array, plan, ffn: ExpertFFN) -> jax.Array:

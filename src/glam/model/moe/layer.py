@@ -58,13 +58,14 @@ class MoEFFN(nnx.Module):
             self.w_shared_in = param(rngs, uniform_fan_in(M), (M, Fs), ("embed", "mlp"))
             self.w_shared_out = param(rngs, uniform_fan_in(F), (Fs, M), ("mlp", "embed"))
 
-    def hidden(self, project) -> jax.Array:
+    def hidden(self, project, w_in: jax.Array | None = None, w_gate: jax.Array | None = None) -> jax.Array:
         """The experts' hidden activations, given ``project(w [E, M, F])`` = the inputs times w in any
         layout (capacity buffers, sorted rows): ``act(project(W_in))``, or for gated experts
-        ``act(project(W_gate)) * project(W_in)``."""
-        h = project(self.w_in[...])
+        ``act(project(W_gate)) * project(W_in)``. ``w_in``/``w_gate`` default to the layer's own; a
+        ``shard_map`` body passes its local slices [E/data, M, F/model] instead."""
+        h = project(self.w_in[...] if w_in is None else w_in)
         if self.gated:
-            return self.activation(project(self.w_gate[...])) * h
+            return self.activation(project(self.w_gate[...] if w_gate is None else w_gate)) * h
         return self.activation(h)
 
     def bias(self) -> jax.Array | None:
