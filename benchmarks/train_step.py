@@ -3,8 +3,9 @@
 The step is the training engineer's ``glam.train.step.make_train_step`` (loss, backward, optimizer
 update, non-finite skip) on a one-device mesh, fed a fixed random batch. Model FLOPs per token come
 from ``glam.model.flops.model_size`` (PaLM appendix B: 6·N + 12·L·A·S, N = activated parameters;
-rematerialised recomputation is not counted, as MFU requires). The peak is one large fp32 matmul
-timed in the same interleaved rounds as the steps (``common.matmul_thunk``).
+rematerialised recomputation is not counted, as MFU requires). The peak is one large matmul timed in
+the same interleaved rounds as the steps (``common.matmul_thunk``): fp32 n = 2048 by default,
+``--peak-dtype bfloat16 --peak-n 8192`` for a bf16 run on an accelerator (benchmarks/gpu_check.sh).
 
     .venv/bin/python benchmarks/train_step.py --json train_step.json
     .venv/bin/python benchmarks/train_step.py --presets dense-0.1b glam-0.1b-8e \
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 import jax
+import jax.numpy as jnp
 from common import interleaved, matmul_thunk, write_json
 
 from glam.config import resolve
@@ -51,7 +53,7 @@ def stepper(cfg):
 def run(args) -> dict:
     cfgs = {name: config(name, args.set) for name in args.presets}
     # The peak matmul runs in the same interleaved rounds as the steps, so both see the same load.
-    matmul, matmul_flops = matmul_thunk()
+    matmul, matmul_flops = matmul_thunk(args.peak_n, jnp.dtype(args.peak_dtype))
     times = interleaved({**{name: stepper(cfg) for name, cfg in cfgs.items()}, "_matmul": matmul}, args.repeats)
     peak = matmul_flops / times["_matmul"]
     rows = []
@@ -83,6 +85,8 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "tiny-dense"], help="the last one is the baseline")
     p.add_argument("--set", nargs="*", default=[], help="dotted overrides for every preset, e.g. model.remat=none")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--peak-dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the peak matmul")
+    p.add_argument("--peak-n", type=int, default=2048, help="size n of the n×n×n peak matmul")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     write_json(args.json, run(args))
