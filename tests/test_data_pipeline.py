@@ -1,4 +1,5 @@
-"""The pipeline: mixture proportions, determinism, exact resume, multi-host slices, held-out split."""
+"""The pipeline: mixture proportions, determinism, exact resume, multi-host slices and reading
+shards (each process builds only its rows), held-out split."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 
 from glam.config import ConfigError, DataConfig, GLaMConfig, ModelConfig, SourceConfig, TrainConfig
+from glam.data.errors import DataError
 from glam.data.mixture import draw_sources
 from glam.data.pipeline import (
     DataPipeline,
     build_pipeline,
+    merge_states,
     process_slice,
     save_run_tokenizer,
     tokenizer_sample,
@@ -50,10 +53,10 @@ def corpus(tmp_path_factory):
     return configs, tokenizer
 
 
-def make_cfg(configs, *, seed=0, batch_size=8, seq_len=32, heldout=2) -> GLaMConfig:
+def make_cfg(configs, *, seed=0, batch_size=8, seq_len=32, heldout=2, shards=0) -> GLaMConfig:
     return GLaMConfig(
         model=ModelConfig(vocab_size=512, max_seq_len=64),
-        data=DataConfig(sources=configs, seed=seed, heldout_docs=heldout),
+        data=DataConfig(sources=configs, seed=seed, heldout_docs=heldout, shards=shards),
         train=TrainConfig(batch_size=batch_size, seq_len=seq_len),
     )
 
@@ -130,6 +133,87 @@ def test_batch_schema_and_process_slices(corpus):
             np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), batch[key])
     with pytest.raises(ValueError, match="divisible"):
         process_slice(batch, 0, 3)
+
+
+def processes(cfg, tok, count: int) -> list[DataPipeline]:
+    return [DataPipeline(cfg, tok, process_index=p, process_count=count) for p in range(count)]
+
+
+def together(pipes: list[DataPipeline]) -> dict[str, np.ndarray]:
+    """The next global batch, each process building its own rows."""
+    parts = [pipe.next_batch() for pipe in pipes]
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+
+def assert_batches_equal(got: dict, want: dict) -> None:
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_each_process_builds_only_its_rows_of_the_same_global_batch(corpus):
+    configs, tok = corpus
+    cfg = make_cfg(configs, seq_len=24, shards=4)
+    reference = DataPipeline(cfg, tok)  # one process packs all four reading shards
+    assert len(reference.streams) == 4
+    want = [reference.next_batch() for _ in range(3)]
+    for count in (2, 4, 8):  # 8 processes: two per shard, each packing it and keeping half its rows
+        pipes = processes(cfg, tok, count)
+        assert [len(p.streams) for p in pipes] == [max(4 // count, 1)] * count
+        for batch in want:
+            assert_batches_equal(together(pipes), batch)
+    # Disjoint reading: shard h packs draws k ≡ h (mod H), so within alpha's first epoch (198 training
+    # documents) no document marker shows up in two processes' rows.
+    pipes = processes(cfg, tok, 2)
+    seen = [set(), set()]
+    for _ in range(3):
+        for p, pipe in enumerate(pipes):
+            text = " ".join(tok.decode(row[row > 0]) for row in pipe.next_batch()["targets"])
+            seen[p] |= {w for w in text.split() if w.startswith("alpha0")}
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_resume_per_process_and_on_another_process_count(corpus):
+    configs, tok = corpus
+    cfg = make_cfg(configs, seq_len=24)  # data.shards = 0: the process count the run starts with (2)
+    pipes = processes(cfg, tok, 2)
+    for _ in range(4):
+        together(pipes)
+    state = json.loads(json.dumps(merge_states([p.state_dict() for p in pipes])))
+    assert state["shards"] == 2 and state["packed_by"] == {"0": [0], "1": [1]}
+    want = [together(pipes) for _ in range(3)]
+    for count in (2, 1, 4):  # the recorded two shards are kept: exact on 2, 1 or 4 processes
+        resumed = processes(cfg, tok, count)
+        for pipe in resumed:
+            pipe.load_state_dict(state)
+        for batch in want:
+            assert_batches_equal(together(resumed), batch)
+    with pytest.raises(DataError, match="3 processes cannot share data.shards=2"):
+        DataPipeline(make_cfg(configs, seq_len=24, batch_size=6), tok, process_count=3).load_state_dict(state)
+    with pytest.raises(DataError, match="set data.shards=2"):
+        DataPipeline(make_cfg(configs, seq_len=24, shards=4), tok).load_state_dict(state)
+    with pytest.raises(DataError, match=r"lacks the cursors of reading shard\(s\) 0"):
+        processes(cfg, tok, 2)[0].load_state_dict(pipes[1].state_dict())
+    # A state of the unsharded stream (version 1) resumes as one shard.
+    single = DataPipeline(make_cfg(configs, seq_len=24), tok)
+    single.next_batch()
+    old = {"version": 1, **single.state_dict()["streams"]["0"]}
+    again = DataPipeline(make_cfg(configs, seq_len=24), tok)
+    again.load_state_dict(old)
+    assert_batches_equal(again.next_batch(), single.next_batch())
+
+
+@pytest.mark.parametrize(
+    ("index", "count", "batch_size", "message"),
+    [
+        (2, 2, 8, r"process_index=2 is outside \[0, 2\)"),
+        (0, 0, 8, r"outside \[0, 0\)"),
+        (0, 3, 8, "train.batch_size=8 must be divisible by the number of processes"),
+    ],
+)
+def test_a_bad_process_index_or_count_is_a_data_error(corpus, index, count, batch_size, message):
+    configs, tok = corpus
+    with pytest.raises(DataError, match=message):
+        DataPipeline(make_cfg(configs, batch_size=batch_size), tok, process_index=index, process_count=count)
 
 
 def test_heldout_documents_never_train_and_are_served(corpus):

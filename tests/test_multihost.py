@@ -3,14 +3,17 @@
 - One process with 8 devices on a 4 (data) × 2 (model) mesh follows the single-device run.
 - A checkpoint written on the 4 × 2 mesh resumes on a single device.
 - Two processes (``jax.distributed`` over 127.0.0.1, gloo CPU collectives, 4 devices each) form one
-  8-device 4 × 2 mesh, each feeding its half of the global batch, and follow the single-device run.
+  8-device 4 × 2 mesh, each building and feeding only its half of the global batch (one of the
+  ``data.shards=2`` reading shards), and follow the single-device run, which packs both shards.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +30,8 @@ RTOL = 2e-4  # fp32 sums in another order on another mesh
 def setup(tmp_path_factory):
     """The single-device reference: 7 steps, with checkpoints at 5 and 7."""
     folder = tmp_path_factory.mktemp("multihost")
-    config = small_run_config(str(folder), train={"eval_every": 100})
+    # Two reading shards everywhere: the global batch depends on data.shards, not on the process count.
+    config = small_run_config(str(folder), train={"eval_every": 100}, data={"shards": 2})
     cache = str(folder / "jax_cache")
     single = run_train(config, str(folder / "single"), "train.steps=7", cache_dir=cache)
     return folder, config, cache, single
@@ -49,6 +53,11 @@ def test_4x2_mesh_follows_single_device_and_restores_on_one_device(setup):
     resumed = run_train(config, run_dir, "train.steps=7", "mesh.data=1", "mesh.model=1", devices=1, cache_dir=cache)
     assert [r["step"] for r in resumed] == list(range(1, 8))
     np.testing.assert_allclose(losses(resumed, 7)[STEPS:], losses(single, 7)[STEPS:], rtol=5 * RTOL)
+
+
+def data_state(run_dir: str, step: int) -> dict:
+    """The data pipeline state saved in checkpoint ``step`` (Orbax's JSON item)."""
+    return json.loads((Path(run_dir) / "checkpoints" / str(step) / "data" / "metadata").read_text())
 
 
 def _free_port() -> int:
@@ -88,3 +97,8 @@ def test_two_processes_train_one_global_mesh(setup):
     np.testing.assert_allclose(losses(records), losses(single), rtol=RTOL)
     assert '"is_main": true' not in outputs[1][0]  # process 1 prints no summary
     assert sorted(p.name for p in (folder / "two_hosts" / "checkpoints").iterdir()) == ["5"]
+    # Each process packed only its own shard (k ≡ shard mod 2 of each source's documents), and the two
+    # together read exactly the documents and offsets the single process read: every row once.
+    two, one = data_state(run_dir, STEPS), data_state(str(folder / "single"), STEPS)
+    assert two["packed_by"] == {"0": [0], "1": [1]} and one["packed_by"] == {"0": [0], "1": [0]}
+    assert two["streams"] == one["streams"] and two["shards"] == 2

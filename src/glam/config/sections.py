@@ -244,6 +244,9 @@ class DataConfig:
     heldout_docs: int = 8  # documents per source kept out of training for held-out loss (a source may set its own)
     on_bad_json: Literal["skip", "error"] = "skip"
     seed: int = 0
+    # Reading shards of each global batch (glam.data.pipeline): the batches depend on it, not on the
+    # process count; each process packs only its shards. 0 = the process count the run starts with.
+    shards: int = 0
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
@@ -251,6 +254,7 @@ class DataConfig:
         _check(self.heldout_docs >= 0, "data.heldout_docs", "must be >= 0")
         _check_choices(self, "data")
         _check(self.seed >= 0, "data.seed", f"got {self.seed}; the data order's seed must be >= 0")
+        _check(self.shards >= 0, "data.shards", f"got {self.shards}; must be >= 0 (0 = the number of processes)")
 
 
 @dataclass(frozen=True)

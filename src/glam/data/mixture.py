@@ -14,6 +14,13 @@ source is known without replaying the stream. Each source packs its own document
 The whole state is therefore tiny: the next row index and, per source, the packing cursor
 ``(training draw k, token offset within it)`` plus counters. A source sampled more often than its
 size allows shows it as ``epochs > 1`` in :meth:`Mixture.stats`.
+
+Shards (multi-host reading, glam.data.pipeline): a mixture may be shard ``h`` of ``H``. It then packs
+only the training draws ``k ≡ h (mod H)`` of each source's order, and its local row ``r`` is global
+row ``(r // R)·R·H + h·R + r mod R`` of the stream (``R`` rows of each batch per shard), whose source
+is drawn as above. ``H = 1`` is the unsharded stream, row for row. The H shards together read each
+training draw of a source once; which rows a draw lands in depends on H, so H is part of the data
+order (``data.shards``), not of how many processes compute it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -126,7 +133,13 @@ class Mixture:
         heldout_docs: int,
         bos_id: int,
         eos_id: int,
+        shard: int = 0,
+        shards: int = 1,
+        shard_rows: int = 1,
     ):
+        if not 0 <= shard < shards:
+            raise DataError(f"data shard {shard} is outside [0, {shards})")
+        self.shard, self.shards, self.shard_rows = shard, shards, shard_rows
         self.sources = sources
         self.encode, self.seq_len, self.seed = encode, seq_len, seed
         self.bos_id, self.eos_id = bos_id, eos_id
@@ -147,9 +160,15 @@ class Mixture:
                 self._cache.popitem(last=False)
         return self._cache[key]
 
+    def global_rows(self, local: np.ndarray) -> np.ndarray:
+        """The global stream index of each of this shard's local rows (the identity when unsharded)."""
+        R = self.shard_rows
+        return (local // R) * R * self.shards + self.shard * R + local % R
+
     def next_rows(self, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The next ``n`` rows: (batch of arrays [n, S], source index of each row [n])."""
-        chosen = draw_sources(self.seed, np.arange(self.example, self.example + n), self.weights)
+        indices = self.global_rows(np.arange(self.example, self.example + n))
+        chosen = draw_sources(self.seed, indices, self.weights)
         rows = [self._row_from(int(s)) for s in chosen]
         self.example += n
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, chosen
@@ -157,8 +176,8 @@ class Mixture:
     def _row_from(self, source: int) -> dict[str, np.ndarray]:
         cursor, order = self.cursors[source], self.orders[source]
 
-        def get_document(k: int) -> np.ndarray:
-            return self.tokens(source, order.train_document(k))
+        def get_document(k: int) -> np.ndarray:  # the shard's k-th draw is the source's draw k·H + h
+            return self.tokens(source, order.train_document(k * self.shards + self.shard))
 
         row, (cursor.doc, cursor.offset) = pack_row(
             get_document, (cursor.doc, cursor.offset), self.seq_len, self.bos_id
@@ -172,7 +191,7 @@ class Mixture:
         return {
             "seed": self.seed,
             "example": self.example,
-            "sources": {s.name: asdict(c) for s, c in zip(self.sources, self.cursors)},
+            "sources": {s.name: dict(vars(c)) for s, c in zip(self.sources, self.cursors)},  # ints: a copy
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -198,7 +217,7 @@ class Mixture:
                 "rows": cursor.rows,
                 "tokens": cursor.tokens,
                 "proportion": cursor.tokens / total,
-                "epochs": (cursor.doc + (cursor.offset > 0)) / len(order),
+                "epochs": (cursor.doc + (cursor.offset > 0)) * self.shards / len(order),
                 "bad_json": source.stats.bad_json,
                 "decode_replacements": source.stats.decode_replacements,
             }

@@ -1,12 +1,13 @@
 """The training loop: ``train(cfg, run_dir) -> summary``, used by ``glam train``, ``glam demo`` and the tests.
 
-One process per host runs the same loop (SPMD). Per step: the data pipeline hands out the global
-batch, each process feeds its own rows, and the jitted step updates the donated state. The host only
+One process per host runs the same loop (SPMD). Per step: each process's data pipeline builds and
+feeds only its own rows of the global batch, and the jitted step updates the donated state. The host only
 waits for the device at log steps (``train.log_every``), held-out evaluations (``train.eval_every``)
 and checkpoints (``checkpoint.every``); everything else is dispatched asynchronously.
 
 Re-running on the same run directory resumes from its latest checkpoint: parameters, optimizer state,
-step, RNG and data pipeline state, so the continued run equals an uninterrupted one step for step.
+step, RNG and data pipeline state (every process's reading shards, gathered into one JSON at each
+save: ``gather_data_state``), so the continued run equals an uninterrupted one step for step.
 With ``train.rollback`` a loss spike or a streak of non-finite steps restores the last checkpoint
 and trains on from the batches after the offending window (paper §5); without it, a streak of
 ``train.max_nonfinite_streak`` skipped updates stops the run (every later update would be skipped too).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 import time
 
@@ -30,7 +32,7 @@ import numpy as np
 from glam.checkpoint.lock import RunLock
 from glam.checkpoint.manager import Checkpointer, check_checkpoint_config, check_run_dir, prepare_run_dir
 from glam.config import GLaMConfig
-from glam.data.pipeline import DataPipeline, build_pipeline, save_run_tokenizer
+from glam.data.pipeline import DataPipeline, build_pipeline, merge_states, save_run_tokenizer
 from glam.errors import GLaMError
 from glam.model.flops import model_size
 from glam.sharding.mesh import initialize_distributed, make_mesh
@@ -38,7 +40,7 @@ from glam.train.interrupt import StopSignals
 from glam.train.metrics import MetricsWriter, Progress, measure_peak_flops, summarize, trim_metrics
 from glam.train.rollback import SpikeGuard
 from glam.train.state import TrainState, abstract_state, create_train_state
-from glam.train.step import make_eval_step, make_train_step, shard_batch
+from glam.train.step import make_eval_step, make_train_step, shard_batch, shard_local_batch
 
 
 @dataclasses.dataclass
@@ -54,7 +56,7 @@ class Run:
     heldout: dict  # source name → list of global batches
 
     def save(self, state: TrainState) -> None:
-        self.checkpointer.save(state, self.pipeline.state_dict(), self.cfg)
+        self.checkpointer.save(state, gather_data_state(self.pipeline), self.cfg)
 
     def restore(self, step: int | None = None) -> tuple[TrainState, dict]:
         return self.checkpointer.restore(abstract_state(self.cfg, self.mesh), step)
@@ -69,6 +71,22 @@ class Run:
             self.pipeline.close()
 
 
+def gather_data_state(pipeline: DataPipeline) -> dict:
+    """The data state of every process's reading shards, as one JSON object on every process (the
+    checkpoint's ``data`` item): each process holds only its own shards' cursors."""
+    state = pipeline.state_dict()
+    if jax.process_count() == 1:
+        return merge_states([state])
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(data)]))).ravel()
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return merge_states([json.loads(bytes(row[:n]).decode()) for row, n in zip(every, sizes)])
+
+
 def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
     """Join the job, build the mesh and the data, and restore the latest checkpoint or initialise."""
     if cfg.mesh.num_processes > 1:  # CPU hosts need a collectives backend; accelerators ignore this
@@ -79,7 +97,8 @@ def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
     # Bad input (another run's directory, a missing or empty source, a tokenizer that does not fit the
     # model or was made from other data) is reported before anything is written into the run directory.
     check_run_dir(cfg, run_dir)
-    pipeline = build_pipeline(cfg, run_dir)  # a tokenizer it trains stays in memory until saved below
+    # A tokenizer it trains stays in memory until saved below; each process builds only its own rows.
+    pipeline = build_pipeline(cfg, run_dir, process_index=jax.process_index(), process_count=jax.process_count())
     heldout = {
         s.name: [shard_batch(b, mesh) for b in pipeline.heldout_batches(s.name, cfg.train.eval_batches)]
         for s in pipeline.sources
@@ -194,7 +213,7 @@ def train_loop(run: Run, state: TrainState, stop: StopSignals) -> dict:
         run.writer.write(last_eval)
     clock, timed_steps, compile_seconds = time.perf_counter(), 0, 0.0
     while step < t.steps:
-        state, metrics = train_step(state, shard_batch(run.pipeline.next_batch(), run.mesh))
+        state, metrics = train_step(state, shard_local_batch(run.pipeline.next_batch(), run.mesh))
         step += 1
         window.append(metrics)
         if step == start + 1:  # the first step compiles: time it apart from the throughput

@@ -109,12 +109,18 @@ def make_eval_step(cfg: GLaMConfig, mesh: Mesh) -> Callable[[dict, dict], tuple[
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """A host batch → global arrays split over ``data``; each process feeds only its own rows.
+    """A global host batch (every process holds all of it: held-out sets, tests) → global arrays
+    split over ``data``; each process feeds only its own rows [p·B/P, (p+1)·B/P)."""
+    return shard_local_batch(process_slice(batch, jax.process_index(), jax.process_count()), mesh)
 
-    ``batch`` is the GLOBAL batch (every process computes the same one, see ``glam.data.pipeline``);
-    process p contributes rows [p·B/P, (p+1)·B/P), which live on its own devices because the mesh
-    lists devices process by process.
-    """
+
+def shard_local_batch(local: dict, mesh: Mesh) -> dict:
+    """This process's rows of a global batch ([B/P, S] arrays, as the training pipeline builds them,
+    see ``glam.data.pipeline``) → global arrays [B, S] split over ``data``. Process p's rows are
+    global rows [p·B/P, (p+1)·B/P), which live on its own devices because the mesh lists devices
+    process by process."""
     sharding = batch_sharding(mesh)
-    local = process_slice(batch, jax.process_index(), jax.process_count())
-    return {k: jax.make_array_from_process_local_data(sharding, local[k], batch[k].shape) for k in BATCH_KEYS}
+    rows = local["inputs"].shape[0] * jax.process_count()
+    return {
+        k: jax.make_array_from_process_local_data(sharding, local[k], (rows, *local[k].shape[1:])) for k in BATCH_KEYS
+    }
