@@ -279,6 +279,7 @@ def dropless_exchange(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: Exp
         return jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G_l, S, K, M), gate.astype(x.dtype))
 
     g_spec = P(x_axes)
+    # check_vma=False: block_matmul's lax.cond pairs a device-varying product with unvarying zeros
     fn = jax.shard_map(body, mesh=mesh, in_specs=(g_spec, g_spec, g_spec, *w_spec), out_specs=g_spec, check_vma=False)
     return constrain(fn(x, expert, gate, *w), ax.GSM)
 
