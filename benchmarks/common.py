@@ -65,6 +65,16 @@ def machine() -> dict:
     }
 
 
+def add_layer_shape_args(p, experts: list[int], group: bool = True) -> None:
+    """The MoE layer benchmarks' shape flags; the defaults are §1's shapes (8,192 tokens, M 256, F 1,024)."""
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--ffn", type=int, default=1024)
+    if group:
+        p.add_argument("--group", type=int, default=1024, help="routing group size S_g")
+    p.add_argument("--experts", type=int, nargs="+", default=experts)
+
+
 def write_json(path: str | None, result: dict) -> None:
     result = {"machine": machine(), **result}
     if path:

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
-from common import write_json
+from common import add_layer_shape_args, write_json
 from moe_layer import dense_step, moe_step
 
 from glam.plan import cost, hlo
@@ -104,11 +104,7 @@ def run(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=8192)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--ffn", type=int, default=1024)
-    p.add_argument("--group", type=int, default=1024)
-    p.add_argument("--experts", type=int, nargs="+", default=[8, 64])
+    add_layer_shape_args(p, experts=[8, 64])
     p.add_argument("--cf", type=float, default=2.0, help="capacity factor of the index path")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--json", help="write the results here")

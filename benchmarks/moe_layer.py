@@ -15,7 +15,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-from common import interleaved, write_json
+from common import add_layer_shape_args, interleaved, write_json
 from flax import nnx
 
 from glam.config import ModelConfig, MoEConfig
@@ -87,11 +87,7 @@ def run(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=8192)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--ffn", type=int, default=1024)
-    p.add_argument("--group", type=int, default=1024, help="routing group size S_g")
-    p.add_argument("--experts", type=int, nargs="+", default=[8, 16, 64])
+    add_layer_shape_args(p, experts=[8, 16, 64])
     p.add_argument("--cfs", type=float, nargs="+", default=[1.0, 1.25, 2.0])
     p.add_argument("--dispatch", nargs="+", default=["einsum", "index", "dropless"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -18,7 +18,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from common import interleaved, write_json
+from common import add_layer_shape_args, interleaved, write_json
 from moe_layer import moe_step
 
 
@@ -89,10 +89,7 @@ def run(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=8192)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--ffn", type=int, default=1024)
-    p.add_argument("--experts", type=int, nargs="+", default=[8, 64])
+    add_layer_shape_args(p, experts=[8, 64], group=False)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
