@@ -393,12 +393,13 @@ def work(out: str, data_root: str, scale: Scale, only: list[str] | None) -> int:
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def run_workers(args, workers: int) -> None:
-    """Start ``workers`` copies of this script, worker i pinned to CPU core i and single-threaded."""
+def run_workers(workers: int, script: str = __file__) -> None:
+    """Start ``workers`` copies of ``script`` (this one, or a sibling sweep with the same ``--worker``
+    flag) on this command line, worker i pinned to CPU core i and single-threaded."""
     procs = []
     for i in range(workers):
         env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD}".strip())
-        argv = [sys.executable, os.path.abspath(__file__), "--worker", str(i), *sys.argv[1:]]
+        argv = [sys.executable, os.path.abspath(script), "--worker", str(i), *sys.argv[1:]]
         procs.append(subprocess.Popen(argv, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         ensure_tokenizer(scale, args.data_root, args.out)  # once, before the workers start
         if args.workers > 1:
-            run_workers(args, args.workers)
+            run_workers(args.workers)
         else:
             work(args.out, args.data_root, scale, only)
         sweep = read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}

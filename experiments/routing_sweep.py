@@ -40,7 +40,6 @@ import argparse
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -185,17 +184,6 @@ def work(out: str, data_root: str, scale: gc.Scale, size: gc.Size, tokenizer: st
                 gc.release(run_dir)
         if pending and not progressed:
             time.sleep(5)  # another worker holds what is left, or a source is still training
-
-
-def run_workers(workers: int) -> None:
-    procs = []
-    for i in range(workers):
-        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {gc.SINGLE_THREAD}".strip())
-        argv = [sys.executable, os.path.abspath(__file__), "--worker", str(i), *sys.argv[1:]]
-        procs.append(subprocess.Popen(argv, env=env))
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SystemExit(f"a worker failed (exit codes {codes}); rerun the same command to continue")
 
 
 def time_steps(scale: gc.Scale, size: gc.Size, repeats: int) -> dict:
@@ -417,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.report_only:
         tokenizer = gc.ensure_tokenizer(scale, args.data_root, args.out)
         if args.workers > 1:
-            run_workers(args.workers)
+            gc.run_workers(args.workers, __file__)
         else:
             work(args.out, args.data_root, scale, size, tokenizer, only)
         sweep = cr.read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}
