@@ -1,25 +1,34 @@
-"""glam's MoE layer against peers at the same shapes, forward+backward, in one run (issue 2d).
+"""glam's MoE layer beside its peers at §1's shapes, forward+backward, all interleaved in one run (issue 14).
 
-- ``naive-jax``: a Python loop over experts; each expert runs on every token and its output is
-  weighted by the token's (top-2, renormalised) gate for that expert, zero elsewhere. Static shapes,
-  so it costs E/2 × the activated FLOPs: the obvious JAX MoE one writes first.
-- ``hf-mixtral``: Hugging Face transformers' ``MixtralSparseMoeBlock`` on torch CPU (the optional
-  ``bench`` extra: ``pip install -e '.[bench]'``). Mixtral experts are gated (three M×F' matrices);
-  F' = 2F/3 gives the same activated FLOPs as glam's two-matrix experts of width F.
-Both peers are dropless, so glam is shown with ``dropless`` and with ``index`` at cf = 1.25.
+Every variant is timed round by round with the others, and each ratio is to a dense ReLU FFN of width 2F
+(§1's baseline: equal activated FLOPs) timed in the same rounds *in the same process*:
 
-    .venv/bin/python benchmarks/peers.py --json peers.json
+- ``glam-index@1.25``, ``glam-index@2.0``, ``glam-dropless``: glam's ``MoEFFN`` (router, gating, dispatch,
+  experts, combine), as in ``moe_layer.py``.
+- ``maxtext-cf1.25``, ``maxtext-cf2.0``, ``maxtext-dropless``: MaxText 0.2.5's ``RoutedMoE``, timed by
+  ``peer_maxtext.py`` in a side virtualenv (``--maxtext-python``; MaxText needs Python >= 3.12 and a newer
+  JAX), which times its own dense baseline in its own JAX as the denominator.
+- ``hf-mixtral``: Hugging Face transformers' ``MixtralSparseMoeBlock`` on torch CPU (the optional ``bench``
+  extra: ``pip install -e '.[bench]'``), dropless; its ratio is to glam's (JAX) dense baseline.
+- ``naive-jax`` (``--naive``): a Python loop over experts, each on every token, masked by its gate: the
+  obvious JAX MoE one writes first, E/2 × the activated FLOPs.
+
+MaxText's and Mixtral's experts are gated (three M×F' matrices); F' = 2F/3 gives glam's activated FLOPs.
+
+    .venv/bin/python benchmarks/peers.py --maxtext-python ../maxtext-venv/bin/python --json peers.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
 from common import add_layer_shape_args, interleaved, write_json
-from moe_layer import moe_step
+from moe_layer import dense_step, moe_step
 
 
 def naive_jax(E: int, M: int, F: int):
@@ -65,32 +74,90 @@ def hf_mixtral(E: int, M: int, F: int, tokens: int):
     return run
 
 
+class MaxTextWorker:
+    """``peer_maxtext.py`` in the side virtualenv, one variant run per request, so its rounds interleave with ours."""
+
+    def __init__(self, python: str, E: int, args):
+        here = os.path.dirname(os.path.abspath(__file__))
+        cmd = [python, os.path.join(here, "peer_maxtext.py"), "--experts", str(E), "--tokens", str(args.tokens)]
+        cmd += ["--d-model", str(args.d_model), "--ffn", str(args.ffn)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(
+                f"error: the MaxText worker exited before it was ready; run it by hand to see why: {' '.join(cmd)}"
+            )
+        ready = json.loads(line)
+        self.variants, self.jax = ready["ready"], ready["jax"]
+
+    def thunk(self, variant: str):
+        def run():
+            self.proc.stdin.write(variant + "\n")
+            self.proc.stdin.flush()
+            if self.proc.stdout.readline().strip() != "done":
+                raise SystemExit("error: the MaxText worker stopped mid-run")
+
+        return run
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def run(args) -> dict:
     M, F, T = args.d_model, args.ffn, args.tokens
     x = jax.random.normal(jax.random.key(1), (T // 1024, 1024, M))
     rows = []
+    maxtext_jax = None
     for E in args.experts:
-        fns = {}
-        for name, dispatch, cf in (("glam-dropless", "dropless", 1.0), ("glam-index@1.25", "index", 1.25)):
+        dense, w = dense_step(M, F, jnp.float32)
+        fns = {"dense": lambda dense=dense, w=w: dense(w, x)}
+        for name, dispatch, cf in (
+            ("glam-index@1.25", "index", 1.25),
+            ("glam-index@2.0", "index", 2.0),
+            ("glam-dropless", "dropless", 1.0),
+        ):
             step, state = moe_step(E, cf, dispatch, M, F, 1024, jnp.float32)
             fns[name] = lambda step=step, state=state: step(state, x)
-        naive, w = naive_jax(E, M, F)
-        fns["naive-jax"] = lambda naive=naive, w=w: naive(w, x.reshape(T, M))
+        worker = MaxTextWorker(args.maxtext_python, E, args) if args.maxtext_python else None
+        if worker is not None:
+            maxtext_jax = worker.jax
+            for variant in worker.variants:
+                fns[f"maxtext-{variant}"] = worker.thunk(variant)
         hf = hf_mixtral(E, M, F, T)
         if hf is not None:
             fns["hf-mixtral"] = hf
+        if args.naive:
+            naive, nw = naive_jax(E, M, F)
+            fns["naive-jax"] = lambda naive=naive, nw=nw: naive(nw, x.reshape(T, M))
         times = interleaved(fns, args.repeats)
-        best = min(times["glam-dropless"], times["glam-index@1.25"])
+        if worker is not None:
+            worker.close()
         for name, seconds in times.items():
-            rows.append({"experts": E, "impl": name, "seconds": seconds, "ratio_to_best_glam": seconds / best})
-            print(f"E={E:3d} {name:16s} {seconds * 1e3:8.1f} ms  {seconds / best:.2f}x best glam", flush=True)
-    return {"benchmark": "peers", "settings": vars(args), "rows": rows}
+            base = "maxtext-dense" if name.startswith("maxtext-") else "dense"
+            if name in ("dense", "maxtext-dense"):
+                continue
+            ratio = seconds / times[base]
+            rows.append(
+                {"experts": E, "impl": name, "seconds": seconds, "dense_seconds": times[base], "ratio_to_dense": ratio}
+            )
+            print(
+                f"E={E:3d} {name:18s} {seconds * 1e3:8.1f} ms  {ratio:.2f}x dense ({times[base] * 1e3:.0f} ms)",
+                flush=True,
+            )
+    return {"benchmark": "peers", "settings": vars(args), "maxtext_jax": maxtext_jax, "rows": rows}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_layer_shape_args(p, experts=[8, 64], group=False)
+    add_layer_shape_args(p, experts=[8, 16, 64], group=False)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--maxtext-python", help="the MaxText side virtualenv's python (see peer_maxtext.py); omitted: no MaxText"
+    )
+    p.add_argument("--naive", action="store_true", help="also time the naive JAX loop (slow: 13 s per call at E = 64)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     write_json(args.json, run(args))
