@@ -39,6 +39,24 @@ def moe_step(E: int, cf: float, dispatch: str, M: int, F: int, group: int, dtype
     return step, state
 
 
+def experts_step(E: int, cf: float, M: int, F: int, group: int, tokens: int, dtype) -> callable:
+    """The floor of every capacity path: fwd+bwd of the experts alone on filled [E, G, C, M] buffers
+    (``MoEFFN.experts``), no router, gating, gathers or combine: what the experts' batched matmuls cost."""
+    mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4)
+    moe = MoEConfig(num_experts=E, capacity_factor_train=cf, group_size=group)
+    graphdef, state = nnx.split(MoEFFN(mcfg, moe, rngs=nnx.Rngs(0)))
+    xe = jax.random.normal(jax.random.key(2), (E, tokens // group, int(group * cf / E), M), dtype)
+
+    @jax.jit
+    def step(state, xe):
+        def loss(state, xe):
+            return jnp.mean(jnp.square(nnx.merge(graphdef, state).experts(xe).astype(jnp.float32)))
+
+        return jax.grad(loss, argnums=(0, 1))(state, xe)
+
+    return lambda: step(state, xe)
+
+
 def dense_step(M: int, F: int, dtype):
     k1, k2 = jax.random.split(jax.random.key(0))
     w = {"w1": jax.random.normal(k1, (M, 2 * F)) * M**-0.5, "w2": jax.random.normal(k2, (2 * F, M)) * F**-0.5}
@@ -66,6 +84,8 @@ def run(args) -> dict:
             for cf in [args.cfs[0]] if dispatch == "dropless" else args.cfs:
                 step, state = moe_step(E, cf, dispatch, args.d_model, args.ffn, args.group, dtype)
                 fns[f"{dispatch}@{cf}"] = lambda step=step, state=state: step(state, x)
+        for cf in args.experts_only:
+            fns[f"experts-only@{cf}"] = experts_step(E, cf, args.d_model, args.ffn, args.group, args.tokens, dtype)
         times = interleaved(fns, args.repeats)
         for name, seconds in times.items():
             if name == "dense":
@@ -75,7 +95,7 @@ def run(args) -> dict:
                 {
                     "experts": E,
                     "dispatch": dispatch,
-                    "capacity_factor": None if dispatch == "dropless" else float(cf),
+                    "capacity_factor": None if dispatch == "dropless" else float(cf),  # experts-only: the floor
                     "seconds": seconds,
                     "dense_seconds": times["dense"],
                     "ratio_to_dense": seconds / times["dense"],
@@ -90,6 +110,14 @@ def main() -> None:
     add_layer_shape_args(p, experts=[8, 16, 64])
     p.add_argument("--cfs", type=float, nargs="+", default=[1.0, 1.25, 2.0])
     p.add_argument("--dispatch", nargs="+", default=["einsum", "index", "dropless"])
+    p.add_argument(
+        "--experts-only",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="CF",
+        help="also time the experts alone on filled capacity buffers at these cf (the floor of the capacity paths)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="write the results here")
