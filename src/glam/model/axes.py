@@ -3,7 +3,7 @@
 Legend (used in every einsum string and shape comment):
   B batch   T query length   S key/sequence length   M d_model   N heads   K head dim
   F ffn hidden   E experts   C expert capacity   G routing groups   V vocabulary
-  L layers   P (MoE, dense) pairs = L/2
+  L layers   P (MoE, dense) pairs = L/2   R rows of an expert buffer (G·C slots, or sorted assignments)
 
 Logical names map to mesh axes in exactly one place: ``glam.sharding.rules.LOGICAL_RULES``.
 """
@@ -17,4 +17,4 @@ BSV = ("act_batch", "act_length", "act_vocab")
 GSM = ("act_group", None, "act_embed")
 GECM = ("act_group", None, None, "act_embed")
 EGCM = ("act_expert", "act_group_inner", None, "act_embed")
-EGCF = ("act_expert", "act_group_inner", None, "act_mlp")
+ERF = ("act_expert", "act_group_inner", "act_mlp")  # the experts' hidden layer, (g, c) merged into rows, g major
