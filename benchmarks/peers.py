@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import subprocess
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -75,35 +76,49 @@ def hf_mixtral(E: int, M: int, F: int, tokens: int):
 
 
 class MaxTextWorker:
-    """``peer_maxtext.py`` in the side virtualenv, one variant run per request, so its rounds interleave with ours."""
+    """``peer_maxtext.py`` in the side virtualenv, one variant run per request, so its rounds interleave with ours.
+
+    Its stderr (MaxText logs a lot) goes to a temporary file, whose tail is shown if the worker fails."""
 
     def __init__(self, python: str, E: int, args):
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise SystemExit(
+                f"error: --maxtext-python {python!r} is not an executable Python; create the MaxText side "
+                "virtualenv first (docs/benchmarks.md §4 has the commands), or leave the flag out to skip MaxText"
+            )
         here = os.path.dirname(os.path.abspath(__file__))
         cmd = [python, os.path.join(here, "peer_maxtext.py"), "--experts", str(E), "--tokens", str(args.tokens)]
         cmd += ["--d-model", str(args.d_model), "--ffn", str(args.ffn)]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(
-                f"error: the MaxText worker exited before it was ready; run it by hand to see why: {' '.join(cmd)}"
-            )
-        ready = json.loads(line)
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        ready = self._line()
+        if not ready.startswith("{"):
+            self._fail("exited before it was ready")
+        ready = json.loads(ready)
         self.variants, self.jax = ready["ready"], ready["jax"]
+
+    def _line(self) -> str:
+        return self.proc.stdout.readline().strip()
+
+    def _fail(self, what: str) -> None:
+        self.proc.kill()
+        self.log.seek(0)
+        tail = "".join(self.log.readlines()[-15:])
+        raise SystemExit(f"error: the MaxText worker {what}; the end of its log:\n{tail}")
 
     def thunk(self, variant: str):
         def run():
             self.proc.stdin.write(variant + "\n")
             self.proc.stdin.flush()
-            if self.proc.stdout.readline().strip() != "done":
-                raise SystemExit("error: the MaxText worker stopped mid-run")
+            if self._line() != "done":
+                self._fail(f"stopped while running {variant}")
 
         return run
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        self.log.close()
 
 
 def run(args) -> dict:
