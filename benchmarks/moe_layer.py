@@ -19,6 +19,7 @@ from common import add_layer_shape_args, interleaved, write_json
 from flax import nnx
 
 from glam.config import ModelConfig, MoEConfig
+from glam.model.moe.gating import capacity
 from glam.model.moe.layer import MoEFFN
 
 
@@ -45,7 +46,8 @@ def experts_step(E: int, cf: float, M: int, F: int, group: int, tokens: int, dty
     mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4)
     moe = MoEConfig(num_experts=E, capacity_factor_train=cf, group_size=group)
     graphdef, state = nnx.split(MoEFFN(mcfg, moe, rngs=nnx.Rngs(0)))
-    xe = jax.random.normal(jax.random.key(2), (E, tokens // group, int(group * cf / E), M), dtype)
+    C = capacity(group, E, cf)  # the layer's own capacity rule, so the buffers are the capacity paths' buffers
+    xe = jax.random.normal(jax.random.key(2), (E, tokens // group, C, M), dtype)
 
     @jax.jit
     def step(state, xe):

@@ -48,11 +48,17 @@ def dense_step(M: int, F: int):
 
 
 def maxtext_step(E: int, M: int, F: int, tokens: int, seq: int, capacity_factor: float, sparse: bool):
-    from maxtext.configs import pyconfig
-    from maxtext.layers import moe
-    from maxtext.layers.initializers import nd_dense_init
-    from maxtext.utils import maxtext_utils
-    from maxtext.utils.globals import MAXTEXT_PKG_DIR
+    try:
+        from maxtext.configs import pyconfig
+        from maxtext.layers import moe
+        from maxtext.layers.initializers import nd_dense_init
+        from maxtext.utils import maxtext_utils
+        from maxtext.utils.globals import MAXTEXT_PKG_DIR
+    except ImportError as e:
+        raise SystemExit(
+            f"error: MaxText does not import in {sys.executable} ({e}); set up the side virtualenv with the "
+            "commands at the top of benchmarks/peer_maxtext.py (docs/benchmarks.md §4)"
+        ) from None
 
     cfg = pyconfig.initialize(
         [None, os.path.join(MAXTEXT_PKG_DIR, "configs", "base.yml")],
@@ -110,6 +116,8 @@ def main() -> None:
     p.add_argument("--ffn", type=int, default=1024)
     p.add_argument("--group", type=int, default=1024, help="sequence length: MaxText routes per sequence")
     args = p.parse_args()
+    if args.tokens % args.group:
+        p.error(f"--tokens {args.tokens} must be a multiple of --group {args.group} (MaxText routes per sequence)")
     E, M, F, T, S = args.experts, args.d_model, args.ffn, args.tokens, args.group
     x = jax.random.normal(jax.random.key(1), (T // S, S, M))
     fns = {

@@ -175,6 +175,8 @@ def main() -> None:
     p.add_argument("--naive", action="store_true", help="also time the naive JAX loop (slow: 13 s per call at E = 64)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    if args.tokens % 1024:
+        p.error(f"--tokens {args.tokens} must be a multiple of 1024 (every variant routes in groups of 1,024 tokens)")
     write_json(args.json, run(args))
 
 
