@@ -89,7 +89,7 @@ class MoEFFN(nnx.Module):
 
         The buffer's G·C slots are one row axis R (G major, so a sharding of G carries over to R):
         a 3-D batched matmul per weight. On XLA:CPU the 4-D einsum over (g, c) cost 1.22–1.38× a dense
-        matmul of the same FLOPs, forward + backward, and this form 1.01–1.10× (docs/benchmarks.md §1).
+        matmul of the same FLOPs, forward + backward, and this form 1.00–1.15× (docs/benchmarks.md §1).
         """
         E, G, C, M = xe.shape
         dtype = xe.dtype
