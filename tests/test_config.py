@@ -56,6 +56,31 @@ def test_mistakes_name_the_field_and_the_fix(overrides, message):
     assert message in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("capacity_factor_train", -1.0),
+        ("capacity_factor_eval", 0.0),
+        ("capacity_multiple", 0),
+        ("group_size", -3),
+        ("second_expert_threshold", 0.0),
+        ("second_expert_threshold", 1.5),
+        ("aux_loss_weight", -5.0),
+        ("expert_dim", -1),
+    ],
+)
+def test_each_moe_number_is_checked_when_built(field, value):
+    """Each bad value is one line naming its field (these checks once sat after a ``return``, unrun)."""
+    from glam.config import MoEConfig
+
+    with pytest.raises(ConfigError) as exc:
+        MoEConfig(**{field: value})
+    message = str(exc.value)
+    assert message.startswith(f"moe.{field}: got {value!r}; must be") and "\n" not in message
+    with pytest.raises(ConfigError, match=rf"^moe\.{field}: got"):
+        resolve("tiny", [f"moe.{field}={value}"])
+
+
 def test_bad_yaml_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         resolve(str(tmp_path / "missing.yaml"))

@@ -159,6 +159,16 @@ class MoEConfig:
             "moe.balance",
             "'bias' balances token choice; expert choice is balanced by construction",
         )
+        for name, ok, rule in (
+            ("capacity_factor_train", self.capacity_factor_train > 0, "must be > 0 (GLaM uses 2.0)"),
+            ("capacity_factor_eval", self.capacity_factor_eval > 0, "must be > 0 (GLaM uses 2.0)"),
+            ("capacity_multiple", self.capacity_multiple >= 1, "must be >= 1 (capacity rounds up to a multiple)"),
+            ("group_size", self.group_size >= 0, "must be >= 0 (0 = one group per sequence)"),
+            ("second_expert_threshold", 0 < self.second_expert_threshold <= 1, "must be in (0, 1]"),
+            ("aux_loss_weight", self.aux_loss_weight >= 0, "must be >= 0 (GLaM uses 0.01; 0 = no aux loss)"),
+            ("expert_dim", self.expert_dim >= 0, "must be >= 0 (0 = model.ffn_dim)"),
+        ):
+            _check(ok, f"moe.{name}", f"got {getattr(self, name)!r}; {rule}")
 
     @property
     def causal_top_k(self) -> int:
@@ -166,13 +176,6 @@ class MoEConfig:
         if self.router == "expert_choice":
             return max(1, min(round(self.capacity_factor_train), self.num_experts or 1))
         return self.top_k
-        _check(self.capacity_factor_train > 0, "moe.capacity_factor_train", "must be > 0")
-        _check(self.capacity_factor_eval > 0, "moe.capacity_factor_eval", "must be > 0")
-        _check(self.capacity_multiple >= 1, "moe.capacity_multiple", "must be >= 1")
-        _check(self.group_size >= 0, "moe.group_size", "must be >= 0 (0 = one group per sequence)")
-        _check(0 < self.second_expert_threshold <= 1, "moe.second_expert_threshold", "must be in (0, 1]")
-        _check(self.aux_loss_weight >= 0, "moe.aux_loss_weight", "must be >= 0")
-        _check(self.expert_dim >= 0, "moe.expert_dim", "must be >= 0 (0 = model.ffn_dim)")
 
 
 @dataclass(frozen=True)
