@@ -11,7 +11,7 @@ import argparse
 import json
 import re
 
-from glam.cli.arguments import non_negative_int
+from glam.cli.arguments import non_negative_int, positive_int
 from glam.config import ConfigError, resolve
 from glam.plan import GIB, ensure_cpu_devices, plan
 from glam.plan.hardware import builtin_names, load
@@ -74,9 +74,54 @@ def print_plan(p: dict) -> None:
     console.print(f"compiled in {p['compile_seconds']:.1f} s; --json for every collective kind and sharding")
 
 
+def print_serving(e: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"decode step of {e['preset']} on a {e['mesh']} mesh of {e['hardware']}, context {e['context']}, "
+        f"weights {e['weight_dtype']}, KV {e['kv_dtype']}"
+    )
+    for col in ("model", "batch", "experts touched / layer", "busiest chip", "read / chip", "bound", "step"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    t.add_column("tokens/s per chip", justify="right")
+    t.add_column("÷ dense twin", justify="right")
+    for r in e["rows"]:
+        ratio = r.get("tokens_per_second_over_twin")
+        t.add_row(
+            r["model"], str(r["batch"]), f"{r['experts_touched_per_moe_layer']:.2f}",
+            f"{r['busiest_chip_experts_per_moe_layer']:.2f}", _si(r["bytes_read_per_chip"]["total"], "B"),
+            r["bound"], _seconds(r["step_seconds"]), f"{r['tokens_per_second_per_chip']:,.1f}",
+            "" if ratio is None else f"{ratio:.2f}",
+        )  # fmt: skip
+    console = Console()
+    console.print(t)
+    for name, flops in e["inference_flops_per_token"].items():
+        console.print(f"  {name}: {flops / 1e9:,.1f} GFLOPs per token ({e['flops_formula']})")
+    if e["paper_inference_gflops_per_token"]:
+        paper = e["paper_inference_gflops_per_token"]
+        console.print(f"  the paper (Table 1): GLaM {paper['glam-64b-64e']:.0f} against GPT-3 {paper['gpt-3']:.0f}")
+    console.print(f"  {e['note']} (glam.plan.serving)")
+
+
+def run_serving(args: argparse.Namespace, cfg, data: int, model: int, hardware) -> int:
+    from glam.plan.serving import estimate
+
+    e = estimate(
+        cfg, hardware, batches=args.decode_batch, context=args.context, data=data, model=model,
+        weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
+    )  # fmt: skip
+    print(json.dumps(e, indent=2)) if args.json else print_serving(e)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     data, model = parse_mesh(args.mesh)
     hardware = load(args.hardware)
+    if args.decode_batch:
+        if args.context < 1:
+            raise ConfigError(f"--context {args.context}: the decode context must be at least 1 token")
+        return run_serving(args, resolve(args.preset, list(args.overrides)), data, model, hardware)
     overrides = list(args.overrides)
     if args.batch:
         overrides.append(f"train.batch_size={args.batch}")
@@ -109,4 +154,14 @@ def add_parser(sub) -> None:
         help=f"profile for the step-time estimate: {', '.join(builtin_names())}, or a YAML file (default: tpu-v4)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    from glam.plan.serving import DTYPE_BYTES
+
+    s = p.add_argument_group("serving estimate (glam.plan.serving; compiles nothing)")
+    s.add_argument(
+        "--decode-batch", type=positive_int, nargs="+", default=None, metavar="B",
+        help="estimate a decode step at these batches instead of planning training (and the MoE's dense twin)",
+    )  # fmt: skip
+    s.add_argument("--context", type=positive_int, default=1024, help="tokens of context per row (default 1024)")
+    s.add_argument("--weight-dtype", choices=list(DTYPE_BYTES), default="bfloat16", help="stored weights")
+    s.add_argument("--kv-dtype", choices=list(DTYPE_BYTES), default="bfloat16", help="stored KV cache")
     p.set_defaults(func=run)

@@ -10,6 +10,9 @@ of simulated devices (``glam.plan.program``), then reads the compiled program:
 - ``flops``: matrix FLOPs per device counted from the HLO, beside XLA's cost analysis (which counts
   a loop body once) and glam's analytic count (``glam.model.flops``);
 - ``estimate``: a roofline step time, tokens/s and MFU on a hardware profile (``glam.plan.estimate``).
+
+Serving is estimated apart, without compiling anything: ``glam.plan.serving`` (``glam plan --decode-batch``)
+gives a decode step's time and tokens/s per chip from the bytes it reads and its FLOPs.
 """
 
 from __future__ import annotations
