@@ -1,5 +1,6 @@
 """Task files: every shipped YAML parses, every task with data loads, mistakes raise TaskError."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,10 @@ def test_user_task_file_and_clear_errors(tmp_path):
         load_data(task, tmp_path)
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "val.jsonl").write_text('{"q": "Is it?", "label": 1}\n{"question": "x", "label": 0}\n')
-    with pytest.raises(TaskError, match=r"mine\.yaml: record 1 .*field 'q' not found"):
+    with pytest.raises(TaskError, match=r"mine\.yaml: record 2 \(counting from 1\) .*field 'q' not found"):
         load_data(task, tmp_path)
     (tmp_path / "grouped.yaml").write_text(yaml.safe_dump({**MINIMAL, "group_by": "pair"}))
-    with pytest.raises(TaskError, match=r"record 0 .*group_by: field 'pair' not found"):
+    with pytest.raises(TaskError, match=r"record 1 \(counting from 1\) .*group_by: field 'pair' not found"):
         load_data(load_task_file(tmp_path / "grouped.yaml"), tmp_path)
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(TaskError, match="not valid YAML"):
@@ -136,3 +137,35 @@ def test_no_data_folder_is_guessed_and_the_error_says_how_to_set_one(monkeypatch
         resolve_task_names("all")
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "shared" / "data" / "tasks"))
     assert has_data(copa) and resolve_task_names("copa") == ["copa"]
+
+
+def test_a_gold_label_outside_the_options_is_refused_with_its_record(tmp_path):
+    """Issue 28: two of four rows with "gold": 7 and two options were dropped silently (n 2, acc 100.0)."""
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(MINIMAL))
+    (tmp_path / "t").mkdir()
+    rows = [{"q": "a", "label": 1}, {"q": "b", "label": 7}, {"q": "c", "label": 0}, {"q": "d", "label": 7}]
+    (tmp_path / "t" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TaskError) as err:
+        load_data(load_task_file(tmp_path / "mine.yaml"), tmp_path)
+    assert str(err.value) == (
+        f"task file {tmp_path / 'mine.yaml'}: record 2 (counting from 1) of t/val.jsonl: gold 'label' is 7, but "
+        "the record has 2 options (indices 0-1); fix the label or the task's 'gold.map'"
+    )
+
+
+def test_records_without_a_gold_answer_are_counted_and_reported(tmp_path):
+    from glam.errors import GLaMWarning
+    from glam.evals.harness import evaluate_task
+    from glam.evals.testing import CharLanguageModel
+
+    spec = {**MINIMAL, "gold": {"field": "answer", "match_options": True}}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "t").mkdir()
+    rows = [{"q": "a", "answer": "yes"}, {"q": "b", "answer": "maybe"}, {"q": "c", "answer": "no"}]
+    (tmp_path / "t" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(GLaMWarning) as caught:
+        row = evaluate_task(CharLanguageModel(), load_task_file(tmp_path / "mine.yaml"), data_root=tmp_path)
+    assert [str(w.message) for w in caught] == [
+        "task t: skipped 1 of 3 records of t/val.jsonl that have no gold answer; the scores count the others only"
+    ]
+    assert row["n"] == 2 and row["skipped"] == 1

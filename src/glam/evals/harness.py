@@ -204,6 +204,15 @@ def evaluate_task(
     data = load_data(task, data_root, limit)
     if not data.examples:
         raise TaskError(f"task {task.name}: no usable examples in {data.data_path} ({data.skipped} skipped)")
+    if data.skipped:
+        total = data.skipped + len(data.examples) if limit is None else None
+        of = f" of {total}" if total else ""
+        warnings.warn(
+            f"task {task.name}: skipped {data.skipped}{of} records of {data.data_path} that have no gold answer; "
+            "the scores count the others only",
+            GLaMWarning,
+            stacklevel=2,
+        )
     scored = run_requests(model, data, k, config)
     return {
         "task": task.name,

@@ -411,8 +411,14 @@ def build_example(task: Task, record: dict, index: int) -> Example | None:
     else:
         requests = tuple((prompt, delim + opt) for opt in options)
     gold = _gold_indices(task, record, items)
-    if not gold or not all(0 <= g < len(options) for g in gold):
+    if not gold:
         return None
+    wrong = [g for g in gold if not 0 <= g < len(options)]
+    if wrong:  # a wrong label would drop the row silently and inflate the accuracy of the others
+        raise template.TemplateError(
+            f"gold {task.gold['field']!r} is {wrong[0]}, but the record has {len(options)} options "
+            f"(indices 0-{len(options) - 1}); fix the label or the task's 'gold.map'"
+        )
     demo = "".join(requests[gold[0]])
     return Example(index, doc, requests, demo, gold=gold, group=group, options=tuple(options), group_keys=keys)
 
@@ -423,7 +429,7 @@ def _build_all(task: Task, records: list[dict], where: str) -> tuple[list[Exampl
         try:
             example = build_example(task, record, i)
         except template.TemplateError as exc:
-            raise TaskError(f"task file {task.source}: record {i} of {where}: {exc}") from None
+            raise TaskError(f"task file {task.source}: record {i + 1} (counting from 1) of {where}: {exc}") from None
         if example is None:
             skipped += 1
         else:
