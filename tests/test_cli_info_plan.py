@@ -108,3 +108,60 @@ def test_info_names_train_seq_len_and_shows_model_max_seq_len(capsys):
     assert main(["info", "tiny", "train.seq_len=64", "model.max_seq_len=256"]) == 0
     out = capsys.readouterr().out
     assert "S = train.seq_len = 64" in out and "model.max_seq_len = 256" in out
+
+
+PROFILE = """name: mine
+peak_flops: 275.0e12
+hbm_bytes: 34359738368
+hbm_bandwidth: 1.2e12
+link_bandwidth: 45.0e9
+links_per_collective: 2
+"""
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("peak_flops: 1.0e12\n", "is not valid YAML (key 'peak_flops' is given twice (lines 2 and 7): merge them, "
+         "the second would replace the first); fix it"),
+        ("hbm_bandwidth: .nan\n", "hbm_bandwidth=nan is not a finite number; write the figure, e.g. 275.0e12"),
+        ("hbm_bandwidth: .inf\n", "hbm_bandwidth=inf is not a finite number; write the figure, e.g. 275.0e12"),
+        ("hbm_bandwidth: fast\n", "hbm_bandwidth='fast' is not a number; write it as e.g. 275.0e12"),
+        ("hbm_bandwidth: 'nan'\n", "hbm_bandwidth='nan' is not a number; write it as e.g. 275.0e12"),
+        ("links_per_collective: true\n", "links_per_collective=True is not a number; write it as e.g. 275.0e12"),
+        ("devices_per_node: 8.5\ninter_node_bandwidth: 5.0e9\n",
+         "devices_per_node=8.5 must be a whole number of devices (0: all)"),
+    ],
+)  # fmt: skip
+def test_a_hardware_profile_is_strict(capsys, tmp_path, change, message):
+    """Issue 28: a key given twice took the last, .nan/.inf/strings gave `MFU 100.1%` and `nan µs`, true was 1."""
+    path = tmp_path / "mine.yaml"
+    text = PROFILE.replace("hbm_bandwidth: 1.2e12\n", "") if change.startswith("hbm_bandwidth") else PROFILE
+    text = text.replace("links_per_collective: 2\n", "") if change.startswith("links_per") else text
+    path.write_text(text + change)
+    assert main(["plan", "tiny", "--mesh", "1x1", "--hardware", str(path)]) == 2
+    err = capsys.readouterr().err
+    where = f"--hardware profile {str(path)!r} " if "YAML" in message else f"{path}: "
+    assert err == f"error: {where}{message}\n"
+
+
+def test_a_hardware_profile_takes_an_exponent_without_a_dot(tmp_path):
+    """YAML 1.1 reads 275e12 as a string; that one spelling of a number is taken (the old advice used it)."""
+    from glam.plan.hardware import load
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(PROFILE.replace("275.0e12", "275e12"))
+    assert load(str(path)).peak_flops == 275.0e12
+
+
+def test_plan_batch_zero_is_refused_and_json_is_strict(capsys, monkeypatch):
+    assert main(["plan", "tiny", "--mesh", "1x1", "--batch", "0"]) == 2
+    assert capsys.readouterr().err == "error: argument --batch: got 0; give an integer >= 1 (see `glam plan --help`)\n"
+    import glam.cli.plan as plan_cli
+
+    monkeypatch.setattr(plan_cli, "ensure_cpu_devices", lambda n: None)
+    monkeypatch.setattr(
+        plan_cli, "plan", lambda cfg, data, model, hw: {"batch": cfg.train.batch_size, "mfu": float("nan")}
+    )
+    assert main(["plan", "tiny", "--mesh", "1x1", "--batch", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"batch": 3, "mfu": None}  # strict JSON: never a bare NaN

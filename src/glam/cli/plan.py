@@ -11,7 +11,8 @@ import argparse
 import json
 import re
 
-from glam.cli.arguments import non_negative_int, positive_int
+from glam import jsonsafe
+from glam.cli.arguments import positive_int
 from glam.config import ConfigError, resolve
 from glam.plan import GIB, ensure_cpu_devices, plan
 from glam.plan.hardware import builtin_names, load
@@ -123,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--context {args.context}: the decode context must be at least 1 token")
         return run_serving(args, resolve(args.preset, list(args.overrides)), data, model, hardware)
     overrides = list(args.overrides)
-    if args.batch:
+    if args.batch is not None:
         overrides.append(f"train.batch_size={args.batch}")
-    if args.seq:
+    if args.seq is not None:
         overrides.append(f"train.seq_len={args.seq}")
         if not any(o.startswith("model.max_seq_len=") for o in overrides):
             overrides.append(f"model.max_seq_len={args.seq}")
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_cpu_devices(data * model)
     p = plan(cfg, data, model, hardware)
     if args.json:
-        print(json.dumps(p, indent=2))
+        print(jsonsafe.dumps(p, indent=2))  # strict JSON: a non-finite number is null
     else:
         print_plan(p)
     return 0
@@ -146,8 +147,8 @@ def add_parser(sub) -> None:
     p.add_argument("preset", help="preset name or config .yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--mesh", required=True, help="DATAxMODEL, e.g. 64x16")
-    p.add_argument("--batch", type=non_negative_int, default=0, help="global batch, sequences (default: the preset's)")
-    p.add_argument("--seq", type=non_negative_int, default=0, help="sequence length (default: the preset's)")
+    p.add_argument("--batch", type=positive_int, default=None, help="global batch, sequences (default: the preset's)")
+    p.add_argument("--seq", type=positive_int, default=None, help="sequence length (default: the preset's)")
     p.add_argument(
         "--hardware",
         default="tpu-v4",

@@ -17,12 +17,13 @@ of their names or the path of a file of the same form. Fields (SI units, per dev
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from glam.errors import GLaMError
+from glam.files import load_yaml_file
 
 DIRECTORY = Path(__file__).with_name("hardware")
 NUMBERS = ("peak_flops", "hbm_bytes", "hbm_bandwidth", "link_bandwidth", "links_per_collective")
@@ -71,12 +72,11 @@ def from_dict(d: object, where: str) -> Hardware:
                 values[key] = 0.0
                 continue
             raise GLaMError(f"{where}: missing {key!r}; add it (a positive number, SI units per device)")
-        try:
-            values[key] = float(d[key])
-        except (TypeError, ValueError):
-            raise GLaMError(f"{where}: {key}={d[key]!r} is not a number; write it as e.g. 275e12") from None
+        values[key] = _number(d[key], key, where)
         if values[key] < 0 or (key in NUMBERS and values[key] == 0):
             raise GLaMError(f"{where}: {key}={d[key]!r} must be positive")
+        if key == "devices_per_node" and values[key] != int(values[key]):
+            raise GLaMError(f"{where}: devices_per_node={d[key]!r} must be a whole number of devices (0: all)")
     if values["devices_per_node"] and not values["inter_node_bandwidth"]:
         raise GLaMError(f"{where}: devices_per_node is set, so inter_node_bandwidth is needed (bytes/s per device)")
     sources = d.get("sources") or ()
@@ -89,6 +89,21 @@ def from_dict(d: object, where: str) -> Hardware:
     )
 
 
+# YAML 1.1 (PyYAML) reads 275e12, without a dot, as a string: that one form of a number is taken.
+_EXPONENT = re.compile(r"[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+")
+
+
+def _number(value: object, key: str, where: str) -> float:
+    """A finite number from a profile: never a boolean (``true`` is not 1), a word, NaN or infinity."""
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GLaMError(f"{where}: {key}={value!r} is not a number; write it as e.g. 275.0e12")
+    if not math.isfinite(value):
+        raise GLaMError(f"{where}: {key}={value!r} is not a finite number; write the figure, e.g. 275.0e12")
+    return float(value)
+
+
 def load(name_or_path: str) -> Hardware:
     """A built-in profile by name (``tpu-v4``) or a YAML file of the same form."""
     path = DIRECTORY / f"{name_or_path}.yaml"
@@ -99,9 +114,5 @@ def load(name_or_path: str) -> Hardware:
                 f"--hardware {name_or_path!r}: no such profile or file; use one of {', '.join(builtin_names())} "
                 "or the path of a YAML profile"
             )
-    try:
-        d = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GLaMError(f"--hardware {path}: cannot read it as YAML ({detail}); fix the file") from None
-    return from_dict(d, str(path))
+    # glam's strict YAML (glam.files): UTF-8, and a key given twice is refused, never the last one taken
+    return from_dict(load_yaml_file(str(path), "--hardware profile", GLaMError), str(path))
