@@ -1,11 +1,22 @@
 """``glam serve``: an OpenAI-compatible completions server over a glam checkpoint.
 
 Modules, read in this order: ``engine`` (the batching thread that owns the model), ``protocol``
-(request checks and response bodies), ``app`` (the HTTP routes, FastAPI). Needs the optional extra
-``pip install 'glam[serve]'`` (FastAPI and uvicorn); ``glam.serve.engine`` alone needs neither.
+(request checks and response bodies), ``chat`` (chat completions through a template), ``app`` (the
+HTTP routes, FastAPI), with ``auth`` (API keys) and ``metrics`` (Prometheus). Needs the optional extra
+``pip install 'glam[serve]'`` (FastAPI, uvicorn, prometheus-client, jinja2); ``glam.serve.engine``
+alone needs none of them.
 """
 
 from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+import sys
+import threading
+
+log = logging.getLogger("uvicorn.error")
 
 
 def serve(
@@ -18,24 +29,93 @@ def serve(
     max_queue: int = 64,
     max_body_bytes: int = 4 << 20,
     model_name: str | None = None,
+    warmup: bool = True,
+    api_key: str | None = None,
+    chat_template: str | None = None,
+    batching: str | None = None,
+    prefill_chunk: int | None = None,
+    drain_timeout_s: float = 30.0,
 ) -> None:
-    """Load a run's checkpoint and serve it until interrupted (Ctrl-C)."""
+    """Load a run's checkpoint and serve it until SIGTERM or Ctrl-C, which drain it (then return).
+
+    The port is bound before the model loads, so a busy port is one error at once. With ``warmup``
+    the serving shapes compile before ``/health`` says ready (requests that come meanwhile wait).
+    ``batching`` and ``prefill_chunk`` go to :class:`Engine` (None: its defaults). The first SIGTERM
+    or SIGINT drains: new requests get 503, admitted ones get up to ``drain_timeout_s`` seconds to
+    finish, then the server exits; a second signal exits at once.
+    """
     import os
 
+    app_module = _app_module()
     from glam.checkpoint import load_for_inference
+    from glam.serve.auth import is_loopback
+    from glam.serve.chat import ChatTemplate, read_template
     from glam.serve.engine import Engine
 
-    app_module = _app_module()
-    import uvicorn
-
-    cfg, params, tokenizer = load_for_inference(run_dir, step=step)
-    engine = Engine(cfg, params, tokenizer, max_batch=max_batch, max_queue=max_queue).start()
-    name = model_name or os.path.basename(os.path.normpath(run_dir))
-    app = app_module.create_app(engine, model_name=name, max_body_bytes=max_body_bytes)
+    sock = bind(host, port)
+    engine = None
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        template_source = read_template(chat_template) if chat_template else None
+        if not api_key and not is_loopback(host):
+            print(
+                f"warning: serving on {host}, reachable from other machines, without an API key; "
+                "set --api-key (or GLAM_API_KEY), or bind 127.0.0.1",
+                file=sys.stderr,
+                flush=True,
+            )
+        cfg, params, tokenizer = load_for_inference(run_dir, step=step)
+        options = {k: v for k, v in (("batching", batching), ("prefill_chunk", prefill_chunk)) if v is not None}
+        engine = Engine(cfg, params, tokenizer, max_batch=max_batch, max_queue=max_queue, **options)
+        template = None
+        if template_source is not None:
+            bos, eos = tokenizer.id_to_piece(tokenizer.bos_id), tokenizer.id_to_piece(tokenizer.eos_id)
+            template = ChatTemplate(template_source, bos_token=bos, eos_token=eos)
+        name = model_name or os.path.basename(os.path.normpath(run_dir))
+        app = app_module.create_app(
+            engine, model_name=name, max_body_bytes=max_body_bytes, api_key=api_key, chat_template=template
+        )
+        server = _server_class()(app, drain_timeout_s)
+        threading.Thread(target=_start, args=(engine, warmup), name="glam-serve-start", daemon=True).start()
+        server.run(sockets=[sock])
     finally:
-        engine.stop()
+        sock.close()
+        if engine is not None:
+            engine.stop()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), not yet listening; a busy port or a bad host is one GLaMError."""
+    from glam.errors import GLaMError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise GLaMError(f"--host {host!r}: not an address this machine can listen on ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise GLaMError(
+                f"port {port} on {host} is in use (another server?); stop it or choose another --port"
+            ) from None
+        raise GLaMError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --host or --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _start(engine, warmup: bool) -> None:
+    """Compile the serving shapes (when asked), then start the engine thread: /health turns ready."""
+    seconds = None
+    if warmup:
+        try:
+            seconds = engine.warmup()
+        except Exception as exc:  # serve anyway: requests compile what they need
+            log.error("warm-up failed (%s: %s); serving without it", type(exc).__name__, str(exc).splitlines()[0])
+    engine.start()
+    log.info("ready%s", f" (warm-up compiled the serving shapes in {seconds:.1f} s)" if seconds else "")
 
 
 def _app_module():
@@ -48,6 +128,44 @@ def _app_module():
             f"glam serve needs the serve extra ({exc.name} is missing): pip install 'glam[serve]'"
         ) from None
     return app
+
+
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server with a drain on the first SIGTERM / SIGINT (and an exit at once on the second)."""
+
+        def __init__(self, app, drain_timeout_s: float):
+            config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=2, lifespan="off")
+            super().__init__(config)
+            self.state, self.drain_timeout_s, self.drainer = app.state.glam, drain_timeout_s, None
+
+        def handle_exit(self, sig, frame) -> None:  # not recorded, so uvicorn does not re-raise it at exit
+            if self.drainer is None:
+                self.drainer = threading.Thread(target=self.drain, args=(sig,), name="glam-serve-drain", daemon=True)
+                self.drainer.start()
+            else:
+                self.should_exit = self.force_exit = True
+
+        def drain(self, sig: int) -> None:
+            engine = self.state.engine
+            log.info(
+                "%s: draining (new requests get 503); %d requests in flight have up to %g s to finish",
+                signal.Signals(sig).name,
+                engine.in_flight,
+                self.drain_timeout_s,
+            )
+            self.state.drain()
+            if not engine.wait_idle(self.drain_timeout_s):
+                log.warning(
+                    "drain: %d requests still in flight after %g s; stopping them",
+                    engine.in_flight,
+                    self.drain_timeout_s,
+                )
+            self.should_exit = True
+
+    return DrainingServer
 
 
 class background:  # noqa: N801 - used as a context manager, like contextlib's
@@ -63,7 +181,6 @@ class background:  # noqa: N801 - used as a context manager, like contextlib's
         self.host = host
 
     def __enter__(self) -> str:
-        import threading
         import time
 
         self.thread = threading.Thread(target=self.server.run, name="glam-serve-http", daemon=True)
