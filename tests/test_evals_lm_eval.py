@@ -146,6 +146,34 @@ def test_fallback_command_line_error_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_a_model_arg_that_is_not_a_language_model_is_one_line(tmp_path):
+    """Issue 28: ``model=builtins:dict`` gave a 42-line traceback from deep in lm-eval's run."""
+    task_dir = _task_dir(tmp_path, COPA_LM_EVAL, _copa_data(tmp_path), "glam_local_copa")
+    command = [sys.executable, "-m", "glam.evals.lm_eval_adapter"]
+    proc = _cli(tmp_path, command, "model=builtins:dict", task_dir, "glam_local_copa")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        "error: model_args model='builtins:dict': dict() gave a dict, which has no loglikelihood, "
+        "loglikelihood_rolling, generate; name a glam LanguageModel (glam.evals.model_api), e.g. "
+        "glam.evals.testing:CharLanguageModel"
+    )
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("builtins:len", "calling len() failed (TypeError: len() takes exactly one argument (0 given)); it must "
+         "build the model with no arguments"),
+        ("glam.evals.lm_eval_adapter:GEN_KWARGS", "GEN_KWARGS is a tuple, not a class or factory"),
+    ],
+)  # fmt: skip
+def test_model_arg_factories_that_fail_are_one_line(spec, message):
+    with pytest.raises(ConfigError) as err:
+        GLaMLM(model=spec)
+    assert str(err.value) == f"model_args model={spec!r}: {message}"
+
+
 def test_entry_point_names_the_adapter():
     """The ``lm_eval.models`` entry point (pyproject) is what plugin-discovering lm-eval registers as ``glam``."""
     entry = [ep for ep in md.entry_points(group="lm_eval.models") if ep.name == "glam"]

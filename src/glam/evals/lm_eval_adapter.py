@@ -46,6 +46,7 @@ except ImportError as exc:  # the optional extra is not installed
 from glam.errors import ConfigError, GLaMError, GLaMWarning
 from glam.evals.model_api import LanguageModel
 
+API_METHODS = ("loglikelihood", "loglikelihood_rolling", "generate")  # glam.evals.model_api.LanguageModel
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k", "seed")
 
 
@@ -55,9 +56,26 @@ def _import_model(spec: str) -> LanguageModel:
     if not attr:
         raise ConfigError(f"model_args model={spec!r}: write it as package.module:Name")
     try:
-        return getattr(importlib.import_module(module_name), attr)()
+        factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model_args model={spec!r}: cannot load it ({exc}); check the module and the name") from None
+    if not callable(factory):
+        raise ConfigError(f"model_args model={spec!r}: {attr} is a {type(factory).__name__}, not a class or factory")
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: any failure is reported in one line, not lm-eval's traceback
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"model_args model={spec!r}: calling {attr}() failed ({type(exc).__name__}: {first}); it must build the "
+            "model with no arguments"
+        ) from None
+    missing = [m for m in API_METHODS if not callable(getattr(model, m, None))]
+    if missing:
+        raise ConfigError(
+            f"model_args model={spec!r}: {attr}() gave a {type(model).__name__}, which has no {', '.join(missing)}; "
+            "name a glam LanguageModel (glam.evals.model_api), e.g. glam.evals.testing:CharLanguageModel"
+        )
+    return model
 
 
 def _positive_int(name: str, value: Any) -> int:
