@@ -133,10 +133,11 @@ def filter_rows(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top
 def draw_rows(
     logits: jax.Array,  # [B, V]
     seeds: jax.Array,  # [B] uint32: each row's own random stream
-    step: jax.Array,  # int32 scalar: which token of the row this is (a fresh key per step)
+    step: jax.Array,  # int32, scalar or [B]: which token of the row this is (a fresh key per step)
     temperature: jax.Array,  # [B] fp32, 0 = greedy
     top_k: jax.Array,  # [B] int32, 0 = off
     top_p: jax.Array,  # [B] fp32, 1 = off
+    banned: jax.Array | None = None,  # [B] int32: a token the row may not draw now (-1: none)
     *,
     vocab_limit: int | None = None,
     top_n: int = 1,
@@ -146,14 +147,20 @@ def draw_rows(
 
     A row's draw depends only on its logits, its sampler, its seed and ``step``, never on its
     batchmates. ``filtered=False`` skips the top-k/top-p sort (valid when no row filters).
+    ``banned`` (e.g. eos before a request's ``min_tokens``) is removed from what the row draws
+    from; the log-probs reported stay those of the model's own distribution.
     """
     logits = mask_vocab(logits.astype(jnp.float32), vocab_limit)
     logp = jax.nn.log_softmax(logits, axis=-1)
+    choose = logits
+    if banned is not None:
+        choose = jnp.where(jnp.arange(logits.shape[-1])[None, :] == banned[:, None], -jnp.inf, logits)
     hot = jnp.where(temperature > 0, temperature, 1.0)
-    drawn_from = filter_rows(logits, hot, top_k, top_p) if filtered else logits / hot[:, None]
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), step))(seeds)
+    drawn_from = filter_rows(choose, hot, top_k, top_p) if filtered else choose / hot[:, None]
+    steps = jnp.broadcast_to(step, seeds.shape)
+    keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds, steps)
     sampled = jax.vmap(lambda k, row: jax.random.categorical(k, row))(keys, drawn_from)
-    tokens = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    tokens = jnp.where(temperature > 0, sampled, jnp.argmax(choose, axis=-1)).astype(jnp.int32)
     top_logprobs, top_ids = jax.lax.top_k(logp, top_n)
     chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return RowDraw(tokens, chosen, top_ids.astype(jnp.int32), top_logprobs)

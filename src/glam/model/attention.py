@@ -6,7 +6,8 @@
 - Softmax in fp32, optionally with an extra zero logit in the denominator (reference, default off).
 - Keys are masked unless they are in the same document (segment id), not padding, and not in the future.
 - Incremental decoding: a KV cache [B, S_max, N, K] with the keys' positions and segment ids, so the
-  same bias and masks apply to cached keys.
+  same bias and masks apply to cached keys. New keys go in at one slot for the whole batch, or at
+  one slot per row (:func:`write_cache`), and a query sees cache slots up to its own.
 """
 
 from __future__ import annotations
@@ -59,6 +60,32 @@ def empty_cache(batch: int, max_len: int, cfg: ModelConfig, dtype) -> KVCache:
     )
 
 
+def write_cache(cache: KVCache, k, v, positions, segment_ids, index) -> KVCache:
+    """Write T new keys [B, T, N, K] (and their positions, segment ids) at cache slot ``index``.
+
+    ``index`` is a scalar (every row at the same slot: a left-padded batch) or [B], one slot per
+    row (the server's continuous batching, where each row of the batch has its own length). A
+    per-row write is a scatter; a write that would run past the cache is dropped, not clamped.
+    """
+    if jnp.ndim(index) == 0:
+        start = (0, index, 0, 0)
+        return KVCache(
+            jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
+            jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start),
+            jax.lax.dynamic_update_slice(cache.positions, positions, (0, index)),
+            jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, index)),
+        )
+    B, T = positions.shape
+    rows = jnp.arange(B, dtype=jnp.int32)[:, None]  # [B, 1]
+    cols = index[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B, T]
+    return KVCache(
+        cache.k.at[rows, cols].set(k.astype(cache.k.dtype), mode="drop"),
+        cache.v.at[rows, cols].set(v.astype(cache.v.dtype), mode="drop"),
+        cache.positions.at[rows, cols].set(positions, mode="drop"),
+        cache.segment_ids.at[rows, cols].set(segment_ids, mode="drop"),
+    )
+
+
 def attention_mask(q_seg, k_seg, q_idx, k_idx) -> jax.Array:
     """[B, T, S] boolean: same document, key not padding, key not after the query."""
     same_doc = q_seg[:, :, None] == k_seg[:, None, :]
@@ -105,7 +132,7 @@ class Attention(nnx.Module):
         positions: jax.Array,  # [B, T]
         segment_ids: jax.Array,  # [B, T]
         cache: KVCache | None = None,
-        cache_index: jax.Array | None = None,  # scalar: where x's first token goes in the cache
+        cache_index: jax.Array | None = None,  # where x's first token goes: scalar, or [B] one per row
     ) -> tuple[jax.Array, KVCache | None]:
         dtype = x.dtype
         q = jnp.einsum("btm,mnk->btnk", x, self.wq[...].astype(dtype))
@@ -117,16 +144,10 @@ class Attention(nnx.Module):
         if cache is None:
             k_pos, k_seg, k_idx = positions, segment_ids, q_idx
         else:
-            start = (0, cache_index, 0, 0)
-            cache = KVCache(
-                jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
-                jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start),
-                jax.lax.dynamic_update_slice(cache.positions, positions, (0, cache_index)),
-                jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache_index)),
-            )
+            cache = write_cache(cache, k, v, positions, segment_ids, cache_index)
             k, v = cache.k.astype(dtype), cache.v.astype(dtype)
             k_pos, k_seg = cache.positions, cache.segment_ids
-            q_idx = q_idx + cache_index
+            q_idx = q_idx + (cache_index[:, None] if jnp.ndim(cache_index) else cache_index)
             k_idx = jnp.broadcast_to(jnp.arange(k.shape[1], dtype=jnp.int32), k_pos.shape)
         logits = jnp.einsum("btnk,bsnk->bnts", q, k, preferred_element_type=jnp.float32)
         logits = logits + self.bias(positions, k_pos)
