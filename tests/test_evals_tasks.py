@@ -169,3 +169,21 @@ def test_records_without_a_gold_answer_are_counted_and_reported(tmp_path):
         "task t: skipped 1 of 3 records of t/val.jsonl that have no gold answer; the scores count the others only"
     ]
     assert row["n"] == 2 and row["skipped"] == 1
+
+
+def test_a_task_file_with_a_binary_tail_names_the_line(tmp_path):
+    """Issue 28: a JSONL file with a NUL tail past the 8 KiB text check read 'line 1 column 1'."""
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(MINIMAL))
+    (tmp_path / "t").mkdir()
+    good = "".join(json.dumps({"q": f"question {i}", "label": i % 2}) + "\n" for i in range(400))
+    assert len(good) > 8192
+    (tmp_path / "t" / "val.jsonl").write_bytes(good.encode() + b"\x00" * 100 + b"\n")
+    with pytest.raises(TaskError) as err:
+        load_data(load_task_file(tmp_path / "mine.yaml"), tmp_path)
+    assert str(err.value) == (
+        f"task t: cannot read {tmp_path / 't' / 'val.jsonl'} with reader 'jsonl': line 401 holds NUL bytes: binary "
+        "data, not text, from there on; cut the file off before it"
+    )
+    (tmp_path / "t" / "val.jsonl").write_text(good + '{"q": "cut off\n')
+    with pytest.raises(TaskError, match=r"line 401 is not JSON \(Invalid control character at column 15\)"):
+        load_data(load_task_file(tmp_path / "mine.yaml"), tmp_path)

@@ -52,9 +52,21 @@ def _load_json(path: Path) -> Any:
 
 @register_reader("jsonl")
 def read_jsonl(path: Path) -> list[Record]:
-    """One JSON object per non-empty line."""
+    """One JSON object per non-empty line; a line that is not JSON is named by its number."""
+    records = []
     with open_text(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if "\x00" in line:
+                    why = "holds NUL bytes: binary data, not text, from there on; cut the file off before it"
+                else:
+                    why = f"is not JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}): {line[:60]!r}"
+                raise ValueError(f"line {number} {why}") from None
+    return records
 
 
 @register_reader("json")

@@ -322,7 +322,8 @@ def _read(task: Task, files: list[Path]) -> list[dict]:
         except GLaMError:
             raise  # already one line naming the file (e.g. it is not text)
         except (KeyError, ValueError, TypeError) as exc:
-            raise TaskError(f"task {task.name}: cannot read {path} with reader '{task.reader}': {exc!r}") from None
+            detail = str(exc) if type(exc) is ValueError else repr(exc)  # a reader's own message reads as it is
+            raise TaskError(f"task {task.name}: cannot read {path} with reader '{task.reader}': {detail}") from None
         for i, row in enumerate(rows):
             row.setdefault("_doc", f"{path.name}:{i}")
         records.extend(rows)
