@@ -88,3 +88,29 @@ def test_a_stream_without_text_counts_as_completed_without_a_ttft():
     s = serve_load.summarise([A, d], duration=1.0, slo_ms={"ttft": 1000})
     assert s["completed"] == 2 and s["no_text_chunks"] == 1 and s["output_throughput"] == pytest.approx(5.0)
     assert s["ttft"]["p50_ms"] == pytest.approx(500.0) and s["goodput"] == pytest.approx(1.0)  # A only
+
+
+def test_decode_quant_int8_per_channel_by_hand():
+    """benchmarks/decode_quant.py: symmetric int8 with one scale per channel over the d_model axis."""
+    import sys
+
+    import jax.numpy as jnp
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)  # decode_quant imports its siblings common and decode
+    try:
+        spec = importlib.util.spec_from_file_location("decode_quant", f"{bench}/decode_quant.py")
+        dq = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(dq)
+    finally:
+        sys.path.remove(bench)
+    w = jnp.array([[1.0, -2.0], [0.5, 4.0]])  # [M, F]: scales over M, per column: 1/127 and 4/127
+    params = {"w": w, "norm": jnp.ones((2,)), "router": w}
+    axes = {"w": ("embed", "mlp"), "norm": ("norm",), "router": ("router_embed", "router_expert")}
+    q = dq.quantize(params, axes, "int8")
+    assert q["w"].q.tolist() == [[127, -64], [64, 127]]  # -63.5 and 63.5 round to even
+    assert q["w"].scale.shape == (1, 2) and q["w"].scale[0].tolist() == pytest.approx([1 / 127, 4 / 127])
+    assert q["router"] is params["router"] and q["norm"] is params["norm"]  # router and norms stay float32
+    back = dq.dequantize(q)["w"]
+    assert np.asarray(back).ravel().tolist() == pytest.approx([1.0, -64 * 4 / 127, 64 / 127, 4.0])
+    assert dq.quantize(params, axes, "bfloat16")["w"].dtype == jnp.bfloat16
