@@ -75,6 +75,13 @@ def serve(
             engine, model_name=name, max_body_bytes=max_body_bytes, api_key=api_key, chat_template=template
         )
         server = _server_class()(app, drain_timeout_s)
+        shown = f"[{host}]" if ":" in host else host
+        log.info(
+            "serving %r on http://%s:%d (OpenAI-compatible /v1/completions, /v1/chat/completions)",
+            name,
+            shown,
+            sock.getsockname()[1],
+        )
         threading.Thread(target=_start, args=(engine, warmup), name="glam-serve-start", daemon=True).start()
         server.run(sockets=[sock])
     finally:

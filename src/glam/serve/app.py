@@ -34,19 +34,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from glam.errors import GLaMError
 from glam.serve import chat, protocol
 from glam.serve.auth import ApiKey
-from glam.serve.engine import Busy, Engine, Event, Job, RequestError
+from glam.serve.engine import Busy, Draining, Engine, Event, Job, RequestError
 from glam.serve.metrics import CONTENT_TYPE, Metrics, RequestCounter
-
-try:
-    from glam.serve.engine import Draining
-except ImportError:  # an engine without drain(): the app's own flag refuses new requests
-
-    class Draining(GLaMError):
-        """The server is shutting down and admits nothing new (HTTP 503)."""
-
 
 RETRY_AFTER_S = 1
 log = logging.getLogger("uvicorn.error")
@@ -123,12 +114,11 @@ class ServerState:
     def drain(self) -> None:
         """Admit nothing new (503); requests already admitted run to their end."""
         self.draining = True
-        if hasattr(self.engine, "drain"):
-            self.engine.drain()
+        self.engine.drain()
 
     @property
     def ready(self) -> bool:
-        return bool(getattr(self.engine, "ready", True)) and not self.draining
+        return self.engine.ready and not self.draining
 
 
 def create_app(

@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OCCUPANCY_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-def engine_stats(engine) -> dict[str, int]:
-    """``engine.stats()``; for an engine without it, what its public attributes tell."""
-    if hasattr(engine, "stats"):
-        return engine.stats()
-    return {"running_rows": len(getattr(engine, "running", ())), "slots": engine.max_batch}
+disable_created_metrics()  # no `_created` series beside every counter and histogram (vLLM does the same)
 
 
 class Metrics:
@@ -48,7 +50,7 @@ class Metrics:
             ("glam_running_rows", "running_rows", "rows holding a slot"),
             ("glam_slots", "slots", "slots (rows decoded together, --max-batch)"),
         ):
-            Gauge(name, doc, registry=r).set_function(lambda key=key: engine_stats(engine).get(key, 0))
+            Gauge(name, doc, registry=r).set_function(lambda key=key: engine.stats()[key])
         Gauge("glam_requests_in_flight", "requests admitted and not yet answered", registry=r).set_function(
             lambda: engine.in_flight
         )

@@ -22,7 +22,6 @@ from the decoded text around the first token.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from typing import Any
@@ -36,7 +35,6 @@ MAX_PROMPTS = 256  # prompts per request
 MAX_STOP = 4  # stop strings per request (OpenAI's limit)
 INT32_MAX = 2**31 - 1  # the largest token count or top_k a request may name
 MAX_DEPTH = 32  # JSON nesting deeper than this is refused (no request field nests past 4)
-_ROW_FIELDS = {f.name for f in dataclasses.fields(Row)}
 
 
 class StreamOptions(BaseModel):
@@ -115,9 +113,6 @@ def check_sampling(req: SamplingRequest, max_tokens: int | None) -> None:
         raise RequestError(
             f"min_tokens={req.min_tokens} is more than max_tokens={max_tokens}; lower min_tokens", "min_tokens"
         )
-    for name in ("ignore_eos", "min_tokens"):
-        if getattr(req, name) and name not in _ROW_FIELDS:
-            raise RequestError(f"{name} is not supported by this engine version; leave it out", name)
 
 
 def parse_request(body: Any) -> CompletionRequest:
@@ -211,7 +206,6 @@ def rows_of(
     greedy = req.temperature == 0
     if isinstance(req, CompletionRequest):
         max_tokens, logprobs, echo = req.max_tokens, req.logprobs, req.echo
-    extra = {"ignore_eos": req.ignore_eos, "min_tokens": req.min_tokens} if "min_tokens" in _ROW_FIELDS else {}
     return [
         Row(
             ids=ids,
@@ -226,7 +220,8 @@ def rows_of(
             logprobs=logprobs,
             echo=echo,
             choice=i * req.n + c,
-            **extra,
+            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens,
         )
         for i, (ids, given, text) in enumerate(prompts)
         for c in range(req.n)
