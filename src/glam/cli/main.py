@@ -15,7 +15,20 @@ import warnings
 from glam.errors import GLaMError, GLaMWarning
 
 # Subcommand modules; each has add_parser(subparsers) registering its commands with func=run.
-SUBCOMMANDS = ("info", "plan", "train", "upcycle", "demo", "tokenizer", "data", "generate", "eval", "serve", "plot")
+SUBCOMMANDS = (
+    "info",
+    "plan",
+    "train",
+    "upcycle",
+    "demo",
+    "tokenizer",
+    "data",
+    "generate",
+    "eval",
+    "serve",
+    "plot",
+    "export",
+)
 
 
 class Parser(argparse.ArgumentParser):
