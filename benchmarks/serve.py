@@ -10,6 +10,9 @@ round). Reported per mode: latency p50/p99 (seconds per request, queueing includ
 completion tokens/s (summed over clients, wall clock of the round), batches run; and the ratio.
 
     .venv/bin/python benchmarks/serve.py --clients 32 --requests 4 --json serve.json
+
+Closed-loop clients and the engine's default batching; for Poisson arrivals at several rates, vLLM's
+metric set, continuous against static batching and a peer server, see ``benchmarks/serve_load.py``.
 """
 
 from __future__ import annotations
