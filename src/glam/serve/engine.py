@@ -47,6 +47,7 @@ from glam.inference.decode import bucket_length, decode_params
 from glam.inference.generate import _vocab_limit
 from glam.inference.scoring import ScoreRow, make_batch, token_logprobs
 from glam.inference.text import TextStream
+from glam.sharding.rules import activate
 
 TOP_N = 5  # alternatives computed per token: the most a completions request may ask for (OpenAI: 5)
 BATCHING = ("continuous", "static")
@@ -162,6 +163,8 @@ class Engine:
         when the running one has ended).
       prefill_chunk: the most prompt tokens per row one prefill pass runs (a longer prompt takes
         several turns, decode steps between them).
+      mesh: a device mesh (glam.sharding.mesh) the parameters were restored onto: every pass runs
+        under it with the rule table's shardings (experts on ``data``, hidden on ``model``).
     """
 
     def __init__(
@@ -174,6 +177,7 @@ class Engine:
         max_queue: int = 64,
         batching: str = "continuous",
         prefill_chunk: int = 128,
+        mesh=None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise GLaMError(f"max_batch={max_batch}, max_queue={max_queue}: both must be at least 1")
@@ -183,7 +187,14 @@ class Engine:
             raise GLaMError(f"prefill_chunk={prefill_chunk}: use at least 8 tokens per chunk")
         self.cfg, self.params, self.tokenizer = serving_config(cfg), params, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.batching, self.prefill_chunk = batching, prefill_chunk
+        self.batching, self.prefill_chunk, self.mesh = batching, prefill_chunk, mesh
+        # a prefill group has at least as many rows as the mesh has data shards (its batch is split over them)
+        self._min_group = 1 if mesh is None else _data_shards(mesh)
+        if max_batch % self._min_group:
+            raise GLaMError(
+                f"max_batch={max_batch} does not split over the mesh's {self._min_group} data shards; "
+                f"use a multiple of {self._min_group}"
+            )
         self.max_seq_len = cfg.model.max_seq_len
         self.vocab_limit = _vocab_limit(cfg, tokenizer)
         self.step_params = decode_params(params)
@@ -208,7 +219,8 @@ class Engine:
             np.zeros(B, np.uint32), np.zeros(B, np.int32), np.zeros(B, np.float32),
             np.zeros(B, np.int32), np.ones(B, np.float32), np.full(B, -1, np.int32),
         )  # fmt: skip
-        self._slots = slotted.init_slots(self.cfg, B)
+        with activate(mesh):
+            self._slots = slotted.init_slots(self.cfg, B)
         self.counters = collections.Counter()  # steps, groups, prefill_tokens, generated_tokens, scored_rows
 
     def piece(self, token_id: int) -> str:
@@ -341,7 +353,7 @@ class Engine:
 
     def shapes(self) -> dict[str, list]:
         """What the server compiles: prefill (rows, chunk columns), insert rows, step variants, scoring lengths."""
-        rows = _powers(self.max_batch)
+        rows = [b for b in _powers(self.max_batch) if b >= self._min_group]
         chunks = sorted(
             {bucket_length(t, min(self.prefill_chunk, self.max_seq_len)) for t in _powers(self.max_seq_len)}
         )
@@ -355,6 +367,10 @@ class Engine:
 
     def warmup(self) -> float:
         """Compile (and run once on empty data) every serving shape; returns the seconds it took."""
+        with activate(self.mesh):
+            return self._warmup()
+
+    def _warmup(self) -> float:
         t0 = time.perf_counter()
         shapes = self.shapes()
         V = self.cfg.model.vocab_size
@@ -380,6 +396,10 @@ class Engine:
     # -- the engine thread -------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        with activate(self.mesh):
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not (self._submitted or self._busy()):
@@ -509,7 +529,7 @@ class Engine:
         for live, b in zip(rows, free):
             live.slot = b
             self._reserved[b] = True
-        size = _next_power(len(rows), self.max_batch)
+        size = _next_power(max(len(rows), self._min_group), self.max_batch)
         V = self.cfg.model.vocab_size
         self._group = _Group(rows, slotted.group_caches(self.cfg, size), jnp.zeros((size, V), jnp.float32))
         self.counters["groups"] += 1
@@ -620,6 +640,11 @@ class Engine:
         reason = stream.finish_reason
         live.job.deliver(Event(row.choice, text, info, reason, live.generated if reason else 0))
         return reason is not None
+
+
+def _data_shards(mesh) -> int:
+    """How many ways the mesh splits a batch (its ``data`` axes)."""
+    return int(np.prod([mesh.shape[a] for a in mesh.axis_names if a.startswith("data")]))
 
 
 def _powers(limit: int) -> list[int]:
