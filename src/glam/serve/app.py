@@ -237,7 +237,14 @@ def create_app(
             )
             for i, (ids, given, text) in enumerate(p for p in prompts for _ in range(req.n))
         ]
-        run = _Run(state, rows, choices, sum(len(ids) for ids, _, _ in prompts), _Completions(model_name), req.echo)
+        run = _Run(
+            state,
+            rows,
+            choices,
+            sum(len(ids) for ids, _, _ in prompts),
+            protocol.CompletionFormat(model_name),
+            req.echo,
+        )
         return await run.respond(request, req.stream, req.stream_options)
 
     @app.post("/v1/chat/completions")
@@ -261,7 +268,7 @@ def create_app(
             req, [(ids, given, text)], _random_seed(), max_tokens=max_tokens, logprobs=top, extra_stop=template.stop
         )
         choices = [protocol.Choice(i, 0, req.logprobs) for i in range(len(rows))]
-        run = _Run(state, rows, choices, len(ids), _Chat(model_name, top), False)
+        run = _Run(state, rows, choices, len(ids), chat.ChatFormat(model_name, top), False)
         return await run.respond(request, req.stream, req.stream_options)
 
     routes = frozenset(getattr(r, "path", "") for r in app.routes)
@@ -305,73 +312,6 @@ async def _json(request: Request) -> Any:
     return body
 
 
-class _Completions:
-    """Response bodies of /v1/completions."""
-
-    def __init__(self, model: str):
-        self.model, self.prefix = model, "cmpl"
-
-    def final(self, cid, choices, usage) -> dict:
-        return protocol.completion_body(cid, self.model, [c.body() for c in choices], usage)
-
-    def opening(self, cid, choices) -> list[dict]:
-        return []
-
-    def chunk(self, cid, event: Event, choice: protocol.Choice, tokens, usage) -> dict:
-        part = {
-            "text": event.text,
-            "index": event.choice,
-            "logprobs": choice.logprobs_body(tokens),
-            "finish_reason": event.finish_reason,
-        }
-        return protocol.completion_body(cid, self.model, [part], usage)
-
-    def usage_chunk(self, cid, usage) -> dict:
-        return protocol.completion_body(cid, self.model, [], usage)
-
-
-class _Chat:
-    """Response bodies of /v1/chat/completions."""
-
-    def __init__(self, model: str, top: int | None):
-        self.model, self.top, self.prefix = model, top, "chatcmpl"
-
-    def _logprobs(self, tokens) -> dict | None:
-        return chat.logprobs_body(tokens, self.top) if self.top is not None else None
-
-    def final(self, cid, choices, usage) -> dict:
-        bodies = [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": self._logprobs(c.tokens),
-                "finish_reason": c.finish_reason,
-            }
-            for c in choices
-        ]
-        return chat.chat_body(cid, self.model, bodies, usage)
-
-    def opening(self, cid, choices) -> list[dict]:
-        parts = [
-            {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-            for c in choices
-        ]
-        return [chat.chunk_body(cid, self.model, [part], None) for part in parts]
-
-    def chunk(self, cid, event: Event, choice, tokens, usage) -> dict:
-        delta = {"content": event.text} if event.text or not event.finish_reason else {}
-        part = {
-            "index": event.choice,
-            "delta": delta,
-            "logprobs": self._logprobs(tokens),
-            "finish_reason": event.finish_reason,
-        }
-        return chat.chunk_body(cid, self.model, [part], usage)
-
-    def usage_chunk(self, cid, usage) -> dict:
-        return chat.chunk_body(cid, self.model, [], usage)
-
-
 _GONE = object()  # put on a job's event queue when its (non-streaming) client disconnects
 
 
@@ -384,6 +324,7 @@ class _Run:
         self.timer = state.metrics.timer(echo)
         self.events: asyncio.Queue = asyncio.Queue()
         self.cid = protocol.completion_id(fmt.prefix)
+        self.closed = False
 
     def _admit(self) -> None:
         for row in self.rows:
@@ -409,11 +350,18 @@ class _Run:
     async def respond(self, request: Request, stream: bool, options: protocol.StreamOptions | None) -> Response:
         self._admit()
         if stream:
-            return StreamingResponse(self._stream(options or protocol.StreamOptions()), media_type="text/event-stream")
+            return _EventStream(self._stream(options or protocol.StreamOptions()), self.close)
         return await self._answer(request)
 
+    def close(self) -> None:
+        """The exchange is over (answered, failed or its client gone): cancel what is left, free the slot once."""
+        if not self.closed:
+            self.closed = True
+            self.job.cancel()  # a no-op when every row is done; stops the rows of a client that left
+            self.engine.release()
+
     def _apply(self, event: Event) -> list:
-        self.timer.event() if event.tokens or event.text or event.finish_reason else None
+        self.timer.event()
         self.choices[event.choice].apply(event.text, event.tokens, event.finish_reason, event.completion_tokens)
         return list(event.tokens)
 
@@ -441,7 +389,7 @@ class _Run:
             return JSONResponse(self.fmt.final(self.cid, self.choices, self._usage()))
         finally:
             watcher.cancel()
-            self.engine.release()
+            self.close()
 
     async def _watch(self, request: Request) -> None:
         """Read the connection until the client leaves (``http.disconnect``), then cancel the job.
@@ -449,7 +397,10 @@ class _Run:
         ``request.is_disconnected()`` only looks when called, and a loop that waits for events never
         calls it while events keep coming; reading ``receive`` in a task of its own notices at once.
         """
-        while (await request.receive())["type"] != "http.disconnect":
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the connection broke some other way: the same as gone
             pass
         self.job.cancel()
         self.events.put_nowait(_GONE)
@@ -476,8 +427,22 @@ class _Run:
                     yield _sse(self.fmt.usage_chunk(self.cid, self._usage()))
             yield "data: [DONE]\n\n"
         finally:
-            self.job.cancel()  # a no-op when every row is done; stops the rows of a client that left
-            self.engine.release()
+            self.close()
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events that close their exchange however the response ends, even if the client left
+    before the first chunk (then the body's generator never starts and its ``finally`` never runs)."""
+
+    def __init__(self, content, on_close):
+        super().__init__(content, media_type="text/event-stream")
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 def _sse(body: dict) -> str:

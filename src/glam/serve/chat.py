@@ -169,3 +169,45 @@ def chunk_body(cid: str, model: str, choices: list[dict], usage: dict | None) ->
     if usage is not None:
         body["usage"] = usage
     return body
+
+
+class ChatFormat:
+    """Response bodies of /v1/chat/completions (the app's exchange calls these)."""
+
+    def __init__(self, model: str, top: int | None):
+        self.model, self.top, self.prefix = model, top, "chatcmpl"
+
+    def _logprobs(self, tokens) -> dict | None:
+        return logprobs_body(tokens, self.top) if self.top is not None else None
+
+    def final(self, cid, choices, usage) -> dict:
+        bodies = [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": self._logprobs(c.tokens),
+                "finish_reason": c.finish_reason,
+            }
+            for c in choices
+        ]
+        return chat_body(cid, self.model, bodies, usage)
+
+    def opening(self, cid, choices) -> list[dict]:
+        parts = [
+            {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            for c in choices
+        ]
+        return [chunk_body(cid, self.model, [part], None) for part in parts]
+
+    def chunk(self, cid, event, choice, tokens, usage) -> dict:
+        delta = {"content": event.text} if event.text or not event.finish_reason else {}
+        part = {
+            "index": event.choice,
+            "delta": delta,
+            "logprobs": self._logprobs(tokens),
+            "finish_reason": event.finish_reason,
+        }
+        return chunk_body(cid, self.model, [part], usage)
+
+    def usage_chunk(self, cid, usage) -> dict:
+        return chunk_body(cid, self.model, [], usage)

@@ -295,6 +295,31 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+class CompletionFormat:
+    """Response bodies of /v1/completions (the app's exchange calls these)."""
+
+    def __init__(self, model: str):
+        self.model, self.prefix = model, "cmpl"
+
+    def final(self, cid, choices, usage) -> dict:
+        return completion_body(cid, self.model, [c.body() for c in choices], usage)
+
+    def opening(self, cid, choices) -> list[dict]:
+        return []
+
+    def chunk(self, cid, event, choice, tokens, usage) -> dict:
+        part = {
+            "text": event.text,
+            "index": event.choice,
+            "logprobs": choice.logprobs_body(tokens),
+            "finish_reason": event.finish_reason,
+        }
+        return completion_body(cid, self.model, [part], usage)
+
+    def usage_chunk(self, cid, usage) -> dict:
+        return completion_body(cid, self.model, [], usage)
+
+
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
