@@ -158,6 +158,11 @@ def test_greedy_generate_equals_glam_generate(trained, capsys):
         new = model.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1] :]
     assert new.shape[0] == 32 or new[-1] == hf_tok.eos_token_id
     assert hf_tok.decode(new, skip_special_tokens=True) == glam_text and len(glam_text) > 10
+    # Left-padded in a batch beside a longer prompt, the row continues the same (positions from the mask).
+    batch = hf_tok([prompt, "Raise KeyError if the key is not found in the mapping"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        rows = model.generate(**batch, max_new_tokens=32, do_sample=False)[:, batch.input_ids.shape[1] :]
+    assert hf_tok.decode(rows[0], skip_special_tokens=True) == glam_text
 
 
 def test_bfloat16_export_is_close_and_half_the_size(trained, tmp_path):
@@ -232,6 +237,10 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert main(["export", run_dir, out, "--force"]) == 0  # the export's files replace their own
+    assert main(["export", run_dir, str(tmp_path / "tok"), "--tokenizer-only"]) == 0
+    assert sorted(os.listdir(tmp_path / "tok")) == sorted(
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"]
+    )
     # An unexportable variant is refused before its weights are read.
     group = tmp_path / "group_run"
     group.mkdir()
@@ -247,12 +256,14 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys):
 
 VARIANTS = {
     "geglu+shared+bias+top3": [
+        "moe.num_experts=4",
         "model.expert_activation=geglu",
         "moe.shared_experts=1",
         "moe.balance=bias",
         "moe.top_k=3",
     ],
     "expert_choice+gelu+zero_logit": [
+        "moe.num_experts=4",
         "moe.router=expert_choice",
         "model.expert_activation=gelu",
         "model.extra_zero_logit=true",
@@ -273,7 +284,6 @@ def test_variants_export_with_equal_logits_and_aux_loss(small, tmp_path, name):
         "model.head_dim=16",
         "model.ffn_dim=96",
         "model.vocab_size=512",
-        "moe.num_experts=4",
         "moe.eval_no_drop=true",
     ]
     cfg = resolve("tiny", [*small_model, *VARIANTS[name]])

@@ -25,7 +25,7 @@ def _architecture(cfg: GLaMConfig) -> list[str]:
     rows = [
         (
             "layers",
-            f"{m.num_layers} ({cfg.num_pairs} pairs: an MoE layer, then a dense layer)"
+            f"{m.num_layers} ({cfg.num_pairs} × (an MoE layer, then a dense layer))"
             if cfg.is_moe
             else str(m.num_layers),
         ),
@@ -119,7 +119,7 @@ def model_card(cfg: GLaMConfig, counts: dict, dtype: str, source: dict) -> str:
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)  # it reads config.json too',
         'model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)',
         'ids = tokenizer("def add(a, b):", return_tensors="pt").input_ids  # <s> is prepended',
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=32)[0], skip_special_tokens=True))",
