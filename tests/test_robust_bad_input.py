@@ -228,9 +228,18 @@ def test_tokenizer_that_does_not_match_the_model(capsys, corpus, run_dir, tmp_pa
     shutil.copytree(run_dir, run)
     shutil.copyfile(big.path, run / "tokenizer.model")
     line = fails(capsys, tmp_path, ["generate", "--checkpoint", str(run), "--prompt", "hi"])
+    path, source = run / "tokenizer.model", corpus / "tokenizer.model"  # the run's data.tokenizer
+    assert line.startswith(f"error: {path} is not the tokenizer this run was trained with (sha256 ")
+    assert line.endswith(
+        f"so its ids would stand for other text; copy {source} (the run's data.tokenizer) to {path}; glam checks "
+        f"it against the sha256 in {run / 'tokenizer.json'}"
+    )
+    os.remove(run / "tokenizer.json")  # a run older than checksums: the piece count still guards the embedding
+    line = fails(capsys, tmp_path, ["generate", "--checkpoint", str(run), "--prompt", "hi"])
     assert line == (
-        f"error: {run / 'tokenizer.model'} has {big.vocab_size} pieces but the checkpoint's model.vocab_size "
-        "is 512; put back the tokenizer the run was trained with"
+        f"error: {path} has {big.vocab_size} pieces but the checkpoint's model.vocab_size is 512; put back a copy "
+        f"of the original, or rebuild it with `glam tokenizer train {run}/config.yaml --output {path}` (the run's "
+        "data, seed and vocabulary); no checksum was recorded for it, so glam cannot tell whether it is the same"
     )
     # Training with it: refused before the run directory exists.
     line = fails(capsys, tmp_path, train_argv(corpus, tmp_path / "new", f"data.tokenizer={big.path}"))
@@ -553,6 +562,34 @@ def test_max_tokens_beyond_the_context(capsys, run_dir):
         f"error: max_tokens=100000 leaves no room for a prompt in model.max_seq_len=64; with prompt 0 ({n} tokens) "
         f"ask for at most {64 - n} tokens"
     )
+
+
+def test_more_beams_than_the_vocabulary(capsys, run_dir):
+    """Issue 28: ``--beam 100000`` ran for 212 s on a 512-token model."""
+    line = fails(
+        capsys,
+        run_dir,
+        ["generate", "--checkpoint", str(run_dir), "--prompt", "hi", "--max-tokens", "4", "--beam", "100000"],
+    )
+    assert line == (
+        "error: beam width 100000 is more than the model's 512 tokens: the first step has only 512 continuations "
+        "to keep; use at most 512 beams (the paper uses 4)"
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("moe.aux_loss_weight=-1", "moe.aux_loss_weight: got -1.0; must be >= 0 (GLaM uses 0.01; 0 = no aux loss)"),
+        ("moe.capacity_factor_train=0", "moe.capacity_factor_train: got 0.0; must be > 0 (GLaM uses 2.0)"),
+        ("moe.capacity_factor_eval=-2", "moe.capacity_factor_eval: got -2.0; must be > 0 (GLaM uses 2.0)"),
+    ],
+)
+def test_moe_values_that_train_nonsense_are_refused(capsys, corpus, tmp_path, override, message):
+    """Issue 28 (the MoEConfig checks of issue 25): each trained before, with a loss that went negative,
+    half the first choices dropped, or an evaluation at a negative capacity."""
+    assert fails(capsys, tmp_path, train_argv(corpus, tmp_path / "run", override)) == f"error: {message}"
+    assert not (tmp_path / "run").exists()
 
 
 def test_out_of_memory_names_the_batch_and_glam_plan(capsys, corpus, tmp_path):

@@ -12,6 +12,7 @@ The processes share one compilation cache, so only the first of them compiles th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -398,15 +399,18 @@ def test_tokenizer_made_from_other_data_is_detected(capsys, setup, tmp_path):
     run = tmp_path / "run"
     run.mkdir()  # a run directory whose first run trained its tokenizer with data.seed=0
     before = resolve(config, ["data.tokenizer=", "data.seed=0", *IN_PROCESS])
-    save_run_tokenizer(before, Tokenizer(str(folder / "tokenizer.model")), str(run))
+    tokenizer = Tokenizer(str(folder / "tokenizer.model"))
+    save_run_tokenizer(before, tokenizer, str(run))
     assert sorted(os.listdir(run)) == ["tokenizer.json", "tokenizer.model"]  # written atomically: no *.tmp
-    assert json.loads((run / "tokenizer.json").read_text()) == tokenizer_record(before)
+    sha = hashlib.sha256(tokenizer.model_proto).hexdigest()
+    assert json.loads((run / "tokenizer.json").read_text()) == {**tokenizer_record(before), "sha256": sha}
+    (run / "checkpoints" / "4").mkdir(parents=True)  # a checkpoint uses it (without one it would be replaced)
     capsys.readouterr()
     assert main(["train", config, "data.tokenizer=", "data.seed=1", *IN_PROCESS, "--run-dir", str(run)]) == 2
     path = run / "tokenizer.model"
     assert capsys.readouterr().err.strip() == (
         f"error: {path} was made from other data than this config (data.seed: 0 then, 1 now); train into a new "
-        f"--run-dir, or, if no checkpoint of this run uses it, remove {path} to train a new one"
+        "--run-dir, or undo those overrides to resume this run"
     )
 
 

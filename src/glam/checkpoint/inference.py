@@ -10,7 +10,6 @@ from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 
 from glam.checkpoint.manager import (
     CONFIG_FILE,
-    TOKENIZER_FILE,
     Checkpointer,
     DamagedCheckpoint,
     checkpoint_dir,
@@ -18,6 +17,7 @@ from glam.checkpoint.manager import (
     read_config,
 )
 from glam.config import GLaMConfig, from_dict
+from glam.data.run_tokenizer import load_run_tokenizer
 from glam.data.tokenizer import Tokenizer
 from glam.errors import GLaMError
 from glam.model.init import abstract_params, param_shardings
@@ -42,7 +42,9 @@ def load_for_inference(
 ) -> tuple[GLaMConfig, dict, Tokenizer]:
     """(config, parameters, tokenizer) of the checkpoint at ``step`` (default: the latest) in ``run_dir``.
 
-    The config is the one saved in the checkpoint itself (``RUN/config.yaml`` is a copy that may be
+    The tokenizer is the run's own: ``glam.data.pipeline.load_run_tokenizer`` refuses a missing one, or
+    one that is not the file ``RUN/tokenizer.json`` records (its sha256), in one line saying how to get
+    the original back. The config is the one saved in the checkpoint itself (``RUN/config.yaml`` is a copy that may be
     missing or edited; a copy that disagrees is named in a note). Without ``step``, an unreadable
     newest checkpoint is skipped, with a note, for the newest one that reads. Notes go to ``log``
     (default: one line on stderr). Parameters are restored onto ``mesh`` if given, else the mesh
@@ -52,8 +54,8 @@ def load_for_inference(
     log = log or (lambda message: print(f"note: {message}", file=sys.stderr, flush=True))
     if not os.path.isdir(checkpoint_dir(run_dir)):
         raise GLaMError(f"{run_dir!r} has no checkpoints; is it a glam run directory (made by `glam train`)?")
-    tokenizer = Tokenizer(os.path.join(run_dir, TOKENIZER_FILE))
     checkpointer = Checkpointer(run_dir)
+    tokenizer = None
     try:
         steps = checkpointer.all_steps()
         if not steps:
@@ -62,12 +64,10 @@ def load_for_inference(
             raise GLaMError(f"no checkpoint at step {step}; the run directory has steps {steps}")
 
         def read(s: int) -> tuple[GLaMConfig, dict]:
+            nonlocal tokenizer
             cfg = _checkpoint_config(checkpointer, s, run_dir, log)
-            if tokenizer.vocab_size > cfg.model.vocab_size:  # its ids would index past the embedding table
-                raise GLaMError(
-                    f"{tokenizer.path} has {tokenizer.vocab_size} pieces but the checkpoint's model.vocab_size "
-                    f"is {cfg.model.vocab_size}; put back the tokenizer the run was trained with"
-                )
+            # the run's own tokenizer (tokenizer.json's checksum), checked before any array is read
+            tokenizer = load_run_tokenizer(run_dir, cfg)
             return cfg, checkpointer.restore_params(_target(cfg, mesh or active_mesh()), s)[1]
 
         if step is None:

@@ -48,8 +48,10 @@ def _describe(owner: dict) -> str:
 class RunLock:
     """``with RunLock(run_dir):`` holds the run directory's lock for the block (see module docstring)."""
 
-    def __init__(self, run_dir: str, *, enabled: bool = True, log=print):
+    def __init__(self, run_dir: str, *, enabled: bool = True, log=print, busy_advice: str = ""):
         self.run_dir = os.path.abspath(run_dir)
+        # what to do when a live trainer holds it (glam upcycle reads a run it does not train)
+        self.busy_advice = busy_advice or "wait for it to finish or stop it, or train into another --run-dir"
         self.path = os.path.join(self.run_dir, LOCK_FILE)
         self.enabled = enabled
         self.log = log
@@ -79,7 +81,7 @@ class RunLock:
                 self._remove_created_dir()
                 raise GLaMError(
                     f"run directory {self.run_dir!r} is in use by another glam train ({_describe(owner)}); "
-                    "wait for it to finish or stop it, or train into another --run-dir"
+                    f"{self.busy_advice}"
                 ) from None
             except OSError:  # a file system without flock: the pid check below still applies
                 pass
@@ -112,9 +114,9 @@ class RunLock:
             why = "it is still running"
         else:
             why = f"it cannot be checked from host {here!r}; if that process has ended, remove {self.path}"
+        advice = "or train into another --run-dir" if "--run-dir" in self.busy_advice else self.busy_advice
         raise GLaMError(
-            f"run directory {self.run_dir!r} is in use by another glam train ({_describe(owner)}): {why}; "
-            "or train into another --run-dir"
+            f"run directory {self.run_dir!r} is in use by another glam train ({_describe(owner)}): {why}; {advice}"
         )
 
     @staticmethod
@@ -132,7 +134,7 @@ class RunLock:
             return
         try:
             os.unlink(self.path)
-        except FileNotFoundError:
+        except OSError:  # gone already, or a run directory made read-only: the next trainer takes it over
             pass
         os.close(self._fd)
         self._fd = None

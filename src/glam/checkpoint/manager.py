@@ -1,12 +1,7 @@
-"""Checkpoints of a run directory through Orbax's ``CheckpointManager``.
+"""Checkpoints of a run directory through Orbax's ``CheckpointManager``: the checkpoint store.
 
-Layout of a run directory::
-
-    RUN/config.yaml             the resolved config, rewritten at every start (each checkpoint holds its own)
-    RUN/tokenizer.model         the SentencePiece model the run trains with (tokenizer.json: made from what)
-    RUN/train.lock              held by the one `glam train` working in RUN (glam.checkpoint.lock)
-    RUN/checkpoints/<step>/     params/ and opt_state/ (Orbax arrays), meta/ and data/ (JSON)
-    RUN/damaged-checkpoints/    checkpoints found unreadable, moved out of the step listing
+The run directory's layout, its config file and the checks around it are in
+``glam.checkpoint.run_dir`` (re-exported here); Orbax's log filters in ``glam.checkpoint.orbax_logs``.
 
 Each checkpoint holds the parameters, the optimizer state, the step, the RNG, the skipped-step count
 and the resolved config (``meta``) and the data pipeline state (``data``), so re-running ``glam
@@ -35,51 +30,39 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import shutil
-import sys
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-import yaml
 
+from glam.checkpoint.orbax_logs import OrbaxFailures, first_line, quiet_orbax_failures
+from glam.checkpoint.run_dir import (  # noqa: F401  (re-exported: glam.checkpoint.manager was their home)
+    CONFIG_FILE,
+    DAMAGED_DIR,
+    RESUMABLE_FIELDS,
+    RUN_CONFIG,
+    WRITE_ERRNOS,
+    check_checkpoint_config,
+    check_run_dir,
+    checkpoint_dir,
+    config_differences,
+    prepare_run_dir,
+    read_config,
+    run_started,
+    size_text,
+    write_failure,
+)
 from glam.checkpoint.state import TrainState
-from glam.config import GLaMConfig, from_dict, read_config_mapping
+from glam.config import GLaMConfig
 from glam.data.pipeline import TOKENIZER_FILE  # noqa: F401  (part of the run directory's layout)
 from glam.errors import GLaMError
 
-CONFIG_FILE = "config.yaml"
-RUN_CONFIG = "the run directory's config file"  # names RUN/config.yaml in errors
 ITEMS = ("params", "opt_state", "meta", "data")  # two of arrays, two of JSON
-DAMAGED_DIR = "damaged-checkpoints"  # unreadable checkpoints, moved out of checkpoints/ with their files
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
-
-# Fields that may change when a run resumes: how long and how often, not what is trained.
-RESUMABLE_FIELDS = (
-    "train.steps",
-    "train.log_every",
-    "train.eval_every",
-    "train.eval_batches",
-    "train.peak_flops",
-    "train.rollback",
-    "train.spike_factor",
-    "train.max_nonfinite_streak",
-    "train.max_rollbacks",
-    "checkpoint.",
-    "mesh.",
-    "eval.",
-    "model.remat",
-    "model.scan_layers",
-)
-
-
-def checkpoint_dir(run_dir: str) -> str:
-    return os.path.join(os.path.abspath(run_dir), "checkpoints")
 
 
 class DamagedCheckpoint(GLaMError):
@@ -106,7 +89,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
         self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
         self._failed: int | None = None  # the step of a failed save, whose partial folder goes at close
-        _quiet_orbax_failures()
+        quiet_orbax_failures()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -161,7 +144,7 @@ class Checkpointer:
             self.manager.wait_until_finished()
             # Orbax may log a failed finalisation instead of raising it: look (process 0 renames the folder).
             if self._pending and jax.process_index() == 0 and self._pending[0] not in self._steps_on_disk():
-                raise RuntimeError(_OrbaxFailures.last or "Orbax did not finalise it")
+                raise RuntimeError(OrbaxFailures.last or "Orbax did not finalise it")
         self._pending = None
 
     def _steps_on_disk(self) -> list[int]:
@@ -185,11 +168,11 @@ class Checkpointer:
                 free = shutil.disk_usage(where).free
                 raise GLaMError(
                     f"no space left on device writing checkpoint {step} to {where} (it needs about "
-                    f"{_size(size)}; {_size(free)} free there); {intact}; free some space and re-run the "
+                    f"{size_text(size)}; {size_text(free)} free there); {intact}; free some space and re-run the "
                     "same command to resume"
                 ) from None
             raise GLaMError(
-                f"could not write checkpoint {step} to {where} ({_first_line(exc)}); {intact}; fix that "
+                f"could not write checkpoint {step} to {where} ({first_line(exc)}); {intact}; fix that "
                 "and re-run the same command to resume"
             ) from None
 
@@ -261,9 +244,7 @@ class Checkpointer:
         except GLaMError:
             raise
         except Exception as exc:  # Orbax/TensorStore raise ValueError, KeyError, FileNotFoundError, Exception
-            raise DamagedCheckpoint(
-                f"checkpoint {self.folder(step)} is unreadable ({_first_line(exc)})", step
-            ) from None
+            raise DamagedCheckpoint(f"checkpoint {self.folder(step)} is unreadable ({first_line(exc)})", step) from None
 
     def _check_shapes(self, step: int, target: dict) -> None:
         stored = self.manager.item_metadata(step)["params"]
@@ -333,18 +314,6 @@ def nbytes(tree) -> int:
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-
-
 def _disk_full(exc: BaseException) -> bool:
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -353,134 +322,3 @@ def _disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-class _OrbaxFailures(logging.Filter):
-    """Orbax logs a failed background save or read with its traceback (hundreds of lines), then
-    raises the error where the Checkpointer waits, which reports it as one line. Those records are
-    held back; the last one's first line is kept for the message."""
-
-    last = ""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None and "orbax" in record.pathname:
-            _OrbaxFailures.last = _first_line(record.exc_info[1])
-            return False
-        return True
-
-
-class _OrbaxTaskNoise(logging.Filter):
-    """asyncio's "Task (or _GatheringFuture) exception was never retrieved" for Orbax's write tasks:
-    after one write of a save failed (and was reported), the others fail too once the temporary
-    folder is removed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("exception was never retrieved" in message and "orbax" in message)
-
-
-def _quiet_orbax_failures() -> None:
-    """Install, once per process, the filters that keep a failed save or restore to one line:
-    Orbax's logged tracebacks (``_OrbaxFailures``), and the reads TensorStore still completes after
-    a restore failed, each of which finds Orbax's event loop closed or its coroutine abandoned."""
-    absl = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxFailures) for f in absl.filters):
-        absl.addFilter(_OrbaxFailures())
-    # ...and the write coroutines a failed save abandoned, which Python reports at exit.
-    warnings.filterwarnings("ignore", r"coroutine '[^']*serializ[^']*' was never awaited", RuntimeWarning)
-    tasks = logging.getLogger("asyncio")
-    if not any(isinstance(f, _OrbaxTaskNoise) for f in tasks.filters):
-        tasks.addFilter(_OrbaxTaskNoise())
-    previous = sys.unraisablehook
-    if getattr(previous, "glam_quiet", False):
-        return
-
-    def hook(unraisable) -> None:
-        exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        if code is not None and "orbax" in code.co_filename:
-            return
-        previous(unraisable)
-
-    hook.glam_quiet = True
-    sys.unraisablehook = hook
-
-
-# --------------------------------------------------------------------------------------------
-# The run directory's config
-# --------------------------------------------------------------------------------------------
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def _normalise(values: dict) -> dict:
-    """Round-trip through YAML so tuples and lists compare equal."""
-    return _flatten(yaml.safe_load(yaml.safe_dump(values, sort_keys=False)))
-
-
-def config_differences(
-    saved: dict, current: GLaMConfig, where: str = "in the run directory", now: str = "now"
-) -> list[str]:
-    """The fields (other than ``RESUMABLE_FIELDS``) on which ``saved`` and ``current`` differ."""
-    a, b = _normalise(saved), _normalise(current.to_dict())
-    keys = sorted(set(a) | set(b))
-
-    def resumable(key: str) -> bool:
-        return key == "name" or any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS)
-
-    return [f"{k}: {a.get(k)!r} {where}, {b.get(k)!r} {now}" for k in keys if a.get(k) != b.get(k) and not resumable(k)]
-
-
-def read_config(run_dir: str) -> GLaMConfig:
-    """The config saved in ``run_dir`` (the one its checkpoints were trained with)."""
-    path = os.path.join(run_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise GLaMError(f"{path} does not exist; is {run_dir!r} a glam run directory (made by `glam train`)?")
-    return from_dict(GLaMConfig, read_config_mapping(path, RUN_CONFIG))
-
-
-def check_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
-    """Refuse a run directory whose saved config differs from ``cfg`` in a non-resumable field."""
-    path = os.path.join(run_dir, CONFIG_FILE)
-    if os.path.isfile(path):
-        diffs = config_differences(read_config_mapping(path, RUN_CONFIG), cfg)
-        if diffs:
-            raise GLaMError(
-                f"run directory {run_dir!r} belongs to a different config ({'; '.join(diffs)}); "
-                "train into a new --run-dir, or undo those overrides to resume this run"
-            )
-
-
-def check_checkpoint_config(cfg: GLaMConfig, checkpointer: Checkpointer, step: int) -> None:
-    """Refuse to resume checkpoint ``step`` with a config other than the one saved in it: the
-    checkpoint knows the truth, also when ``config.yaml`` is missing or was edited."""
-    stored = checkpointer.stored_config(step)
-    diffs = config_differences(stored, cfg, f"in checkpoint {step}") if stored is not None else []
-    if diffs:
-        raise GLaMError(
-            f"run directory {checkpointer.run_dir!r} belongs to a different config ({'; '.join(diffs)}); "
-            "train into a new --run-dir, or undo those overrides to resume this run"
-        )
-
-
-def prepare_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
-    """Create ``run_dir`` and (re)write ``config.yaml`` with ``cfg``: at every start, so a resumed run's
-    file shows the resumable fields it now runs with (``train.steps``, ...). It checks nothing: the
-    caller runs :func:`check_run_dir` first, before anything is written (glam.train.loop.start_run)."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, CONFIG_FILE)
-    if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(cfg.to_yaml())
-        os.replace(tmp, path)

@@ -16,6 +16,7 @@ import argparse
 
 from glam import jsonsafe
 from glam.cli.arguments import output_dir
+from glam.errors import out_of_memory_advice
 from glam.files import check_output_dir
 
 
@@ -23,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from glam.train.upcycle import upcycle
 
     check_output_dir(args.run_dir)
-    summary = upcycle(args.source, args.run_dir, args.overrides, continue_source=args.continue_source)
+    advice = "choose fewer experts (moe.num_experts), or a larger mesh"
+    with out_of_memory_advice(advice):
+        summary = upcycle(args.source, args.run_dir, args.overrides, continue_source=args.continue_source)
     print(jsonsafe.dumps(summary, indent=2))
     print(f"next: glam train {summary['config']} --run-dir {args.run_dir}")
     return 0

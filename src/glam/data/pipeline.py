@@ -29,8 +29,6 @@ prefetching never changes what a resumed run sees.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -42,12 +40,19 @@ from glam.data.default_corpus import default_sources
 from glam.data.errors import DataError
 from glam.data.mixture import DocumentOrder, Mixture, SourceCursor, heldout_for
 from glam.data.packing import BATCH_KEYS, empty_rows, pack_documents
+from glam.data.run_tokenizer import (  # noqa: F401  (re-exported: the run's tokenizer lived here)
+    TOKENIZER_FILE,
+    TOKENIZER_RECORD_FILE,
+    load_or_train_tokenizer,
+    load_run_tokenizer,
+    rebuild_advice,
+    save_run_tokenizer,
+    tokenizer_record,
+)
 from glam.data.sources import Source, iter_documents, open_sources
 from glam.data.tokenizer import Tokenizer, train_tokenizer
 
 STATE_VERSION = 2  # 1: one unsharded stream (read as H = 1)
-TOKENIZER_FILE = "tokenizer.model"  # the run's tokenizer, in the run directory
-TOKENIZER_RECORD_FILE = "tokenizer.json"  # what it was made from (``tokenizer_record``)
 
 
 def resolve_sources(cfg: GLaMConfig, cache_dir: str | None = None) -> tuple[SourceConfig, ...]:
@@ -85,88 +90,20 @@ def train_mixture_tokenizer(
     return train_tokenizer(tokenizer_sample(cfg, sources), vocab, out_path, model_type=model_type)
 
 
-def tokenizer_record(cfg: GLaMConfig) -> dict:
-    """What a run's tokenizer comes from: ``data.tokenizer``, or the fields its training sample and
-    size depend on. Saved beside it in the run directory, so another config's tokenizer is detected."""
-    if cfg.data.tokenizer:
-        return {"data.tokenizer": cfg.data.tokenizer}
-    values = json.loads(json.dumps(cfg.to_dict()))  # tuples → lists, as read back from the file
-    fields = ("sources", "tokenizer_sample_docs", "heldout_docs", "seed", "on_bad_json")
-    return {**{f"data.{k}": values["data"][k] for k in fields}, "model.vocab_size": cfg.model.vocab_size}
-
-
-def load_or_train_tokenizer(cfg: GLaMConfig, run_dir: str, sources: list[Source] | None = None) -> Tokenizer:
-    """The run's tokenizer: ``data.tokenizer`` if set; else ``run_dir/tokenizer.model`` if it was
-    trained from this config's data (its ``tokenizer.json`` says so); else one trained on the mixture
-    (``data.tokenizer_sample_docs`` documents spread over the sources by weight, ``model.vocab_size``
-    pieces) and kept in memory. Nothing is written: ``save_run_tokenizer`` does that once the run's
-    checks have passed, so a run that fails them leaves no tokenizer behind.
-    """
-    path = os.path.join(run_dir, TOKENIZER_FILE)
-    if os.path.isfile(path):
-        _check_record(cfg, run_dir)
-    if cfg.data.tokenizer:
-        tokenizer = Tokenizer(cfg.data.tokenizer)
-    elif os.path.isfile(path):
-        tokenizer = Tokenizer(path)
-    else:
-        trained = train_mixture_tokenizer(cfg, sources)
-        tokenizer = Tokenizer(path, model_proto=trained.model_proto)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise DataError(
-            f"tokenizer {tokenizer.path!r} has {tokenizer.vocab_size} pieces but model.vocab_size="
-            f"{cfg.model.vocab_size}; set model.vocab_size >= {tokenizer.vocab_size} or use a smaller tokenizer"
-        )
-    return tokenizer
-
-
-def _check_record(cfg: GLaMConfig, run_dir: str) -> None:
-    """Refuse a ``run_dir/tokenizer.model`` made from other data than ``cfg``'s (one without a record
-    predates records and is taken as it is)."""
-    record_path = os.path.join(run_dir, TOKENIZER_RECORD_FILE)
-    if not os.path.isfile(record_path):
-        return
-    with open(record_path, encoding="utf-8") as f:
-        saved = json.load(f)
-    wanted = tokenizer_record(cfg)
-    diffs = [
-        f"{k}: {_short(saved.get(k))} then, {_short(wanted.get(k))} now"
-        for k in sorted(set(saved) | set(wanted))
-        if saved.get(k) != wanted.get(k)
-    ]
-    if diffs:
-        path = os.path.join(run_dir, TOKENIZER_FILE)
-        raise DataError(
-            f"{path} was made from other data than this config ({'; '.join(diffs)}); train into a new "
-            f"--run-dir, or, if no checkpoint of this run uses it, remove {path} to train a new one"
-        )
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def save_run_tokenizer(cfg: GLaMConfig, tokenizer: Tokenizer, run_dir: str) -> None:
-    """Write the run's tokenizer into ``run_dir`` (if it is not there yet), so the run directory alone
-    can be served: first its record, then the model, each atomically (a temporary file, then rename)."""
-    path = os.path.join(run_dir, TOKENIZER_FILE)
-    if os.path.isfile(path):
-        return
-    record = os.path.join(run_dir, TOKENIZER_RECORD_FILE)
-    with open(record + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(tokenizer_record(cfg), f, indent=1)
-    os.replace(record + ".tmp", record)
-    tokenizer.save(path)
-
-
 def build_pipeline(
-    cfg: GLaMConfig, run_dir: str, *, prefetch: int = 2, process_index: int = 0, process_count: int = 1
+    cfg: GLaMConfig,
+    run_dir: str,
+    *,
+    prefetch: int = 2,
+    process_index: int = 0,
+    process_count: int = 1,
+    started: bool = True,
 ) -> DataPipeline:
     """The pipeline a training run uses: resolved sources, its tokenizer, ``prefetch`` batches ahead,
-    building the rows of process ``process_index`` of ``process_count``."""
+    building the rows of process ``process_index`` of ``process_count``. ``started``: the run
+    directory holds a checkpoint (see ``load_or_train_tokenizer``)."""
     sources = open_sources(resolve_sources(cfg), cfg.data.on_bad_json)
-    tokenizer = load_or_train_tokenizer(cfg, run_dir, sources)
+    tokenizer = load_or_train_tokenizer(cfg, run_dir, sources, started=started)
     return DataPipeline(
         cfg, tokenizer, sources, prefetch=prefetch, process_index=process_index, process_count=process_count
     )

@@ -155,6 +155,16 @@ def _beam_step(cfg, params, beam, state, *, eos_id, alpha, max_tokens, vocab_lim
     return beam, advance(cfg, params, state, tokens.reshape(B * W), active)
 
 
+def check_width(width: int, vocab: int) -> None:
+    """Refuse more beams than vocabulary tokens: the first step has only ``vocab`` continuations of a
+    prompt to keep, and each beam costs a row of KV cache (``--beam 100000`` ran 212 s on ``tiny``)."""
+    if width > vocab:
+        raise GLaMError(
+            f"beam width {width} is more than the model's {vocab} tokens: the first step has only {vocab} "
+            f"continuations to keep; use at most {vocab} beams (the paper uses 4)"
+        )
+
+
 def beam_search(
     cfg: GLaMConfig,
     params: dict,
@@ -171,6 +181,7 @@ def beam_search(
     A hypothesis's tokens end with eos when it finished that way (``lengths`` counts the eos).
     """
     B, W = prompts.tokens.shape[0], search.width
+    check_width(W, vocab_limit or cfg.model.vocab_size)
     state, _ = prefill(
         cfg,
         params,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -30,7 +31,15 @@ import jax
 import numpy as np
 
 from glam.checkpoint.lock import RunLock
-from glam.checkpoint.manager import Checkpointer, check_checkpoint_config, check_run_dir, prepare_run_dir
+from glam.checkpoint.manager import (
+    CONFIG_FILE,
+    Checkpointer,
+    check_checkpoint_config,
+    check_run_dir,
+    prepare_run_dir,
+    run_started,
+    write_failure,
+)
 from glam.config import GLaMConfig
 from glam.data.pipeline import DataPipeline, build_pipeline, merge_states, save_run_tokenizer
 from glam.errors import GLaMError
@@ -96,9 +105,20 @@ def start_run(cfg: GLaMConfig, run_dir: str) -> tuple[Run, TrainState]:
     main = jax.process_index() == 0
     # Bad input (another run's directory, a missing or empty source, a tokenizer that does not fit the
     # model or was made from other data) is reported before anything is written into the run directory.
-    check_run_dir(cfg, run_dir)
+    # A directory without a checkpoint (a start that failed before its first one) is not a run yet: its
+    # config.yaml and tokenizer are replaced, so the corrected command goes on.
+    started = run_started(run_dir)
+    if started:
+        check_run_dir(cfg, run_dir)
+    elif main and os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        print(
+            f"{run_dir} has no checkpoint yet (an earlier start stopped before its first one): starting afresh",
+            flush=True,
+        )
     # A tokenizer it trains stays in memory until saved below; each process builds only its own rows.
-    pipeline = build_pipeline(cfg, run_dir, process_index=jax.process_index(), process_count=jax.process_count())
+    pipeline = build_pipeline(
+        cfg, run_dir, process_index=jax.process_index(), process_count=jax.process_count(), started=started
+    )
     heldout = {
         s.name: [shard_batch(b, mesh) for b in pipeline.heldout_batches(s.name, cfg.train.eval_batches)]
         for s in pipeline.sources
@@ -162,15 +182,61 @@ def roll_back(run: Run, reason: str, step: int, rollbacks: int) -> tuple[TrainSt
     return state, latest
 
 
-def stop_nonfinite(run: Run, reason: str, step: int) -> None:
+def stop_nonfinite(run: Run, reason: str, step: int, record: dict | None = None) -> None:
     """A streak of skipped updates without rollback: every further step would be skipped too."""
     latest = run.checkpointer.latest_step()
     last = f"the last checkpoint is step {latest}" if latest is not None else "no checkpoint was written"
+    knob = loss_knob(run.cfg, record or {})
+    fix = (
+        f"{knob}"
+        if knob
+        else "Lower optim.lr_scale, or set train.rollback=true to go back to the last checkpoint and skip these batches"
+    )
     raise GLaMError(
         f"step {step}: {reason} (train.max_nonfinite_streak={run.cfg.train.max_nonfinite_streak}), so those "
-        f"updates were skipped; stopping ({last}). Lower optim.lr_scale, or set train.rollback=true to go "
-        "back to the last checkpoint and skip these batches"
+        f"updates were skipped; stopping ({last}). {fix}"
     )
+
+
+# The weighted loss terms a config sets: (knob, weight, the record's unweighted term, its usual value).
+def _loss_terms(cfg: GLaMConfig) -> list[tuple[str, float, str, str]]:
+    return [
+        ("moe.router_z_loss", cfg.moe.router_z_loss, "router_z_loss", "1e-3, ST-MoE's value"),
+        ("moe.aux_loss_weight", cfg.moe.aux_loss_weight, "aux_loss", "0.01, GLaM's value"),
+        ("train.z_loss_weight", cfg.train.z_loss_weight, "z_loss", "1e-4"),
+    ]
+
+
+def loss_knob(cfg: GLaMConfig, record: dict) -> str | None:
+    """Advice naming the loss weight whose term swamps the loss (not finite, or over 1000 while the
+    cross-entropy is finite), or None when no weight stands out."""
+    ce = record.get("ce_loss")
+    if not isinstance(ce, float) or not np.isfinite(ce):
+        return None
+    for knob, weight, key, usual in _loss_terms(cfg):
+        value = record.get(key)
+        if not weight or not isinstance(value, float):
+            continue
+        term = weight * value
+        if not np.isfinite(term) or abs(term) > 1e3:
+            return (
+                f"The {key} term is {term:.3g} ({knob}={weight:g} x {value:.3g}) against a cross-entropy of "
+                f"{ce:.3g}: lower {knob} (usually {usual})"
+            )
+    return None
+
+
+@contextlib.contextmanager
+def write_faults(run_dir: str):
+    """A write of the run (lock, config, tokenizer, metrics, TensorBoard) that fails on a full disk or a
+    read-only run directory: one GLaMError line (exit 2, as a failed checkpoint save), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        message = write_failure(exc, run_dir)
+        if message is None:
+            raise
+        raise GLaMError(message) from None
 
 
 def train(cfg: GLaMConfig, run_dir: str) -> dict:
@@ -180,7 +246,7 @@ def train(cfg: GLaMConfig, run_dir: str) -> dict:
     first SIGINT/SIGTERM saves a checkpoint after the current step and returns early, with the
     signal's name in ``summary["interrupted"]`` (``glam.train.interrupt``).
     """
-    with RunLock(run_dir, enabled=cfg.mesh.process_id == 0):
+    with write_faults(run_dir), RunLock(run_dir, enabled=cfg.mesh.process_id == 0):
         run, state = start_run(cfg, run_dir)
         try:
             with StopSignals() as stop:
@@ -241,7 +307,7 @@ def train_loop(run: Run, state: TrainState, stop: StopSignals) -> dict:
                 guard.reset_streak()
                 continue
             if reason and guard.streak >= t.max_nonfinite_streak:
-                stop_nonfinite(run, reason, step)
+                stop_nonfinite(run, reason, step, last)
             if reason and jax.process_index() == 0:
                 print(f"step {step}: {reason} (train.rollback is off: continuing)", flush=True)
         if step % t.eval_every == 0 or step == t.steps:

@@ -21,16 +21,20 @@ or ``glam plot``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from glam import jsonsafe
+from glam.errors import GLaMWarning
 
 METRICS_FILE = "metrics.jsonl"
 SCALARS = ("loss", "ce_loss", "aux_loss", "z_loss", "grad_norm")
@@ -102,31 +106,113 @@ def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:
 
 
 class MetricsWriter:
-    """Appends records to ``RUN/metrics.jsonl`` and TensorBoard event files in ``RUN/tb`` (process 0 only)."""
+    """Appends records to ``RUN/metrics.jsonl`` and TensorBoard event files in ``RUN/tb`` (process 0 only).
+
+    Both are written synchronously in the calling thread, so a failed write (a full disk, a read-only
+    run directory) raises there, as an ``OSError`` naming the file, which ``glam.train.loop`` reports
+    in one line. ``metrics.jsonl`` stays open for the whole run: when it is deleted or replaced while
+    the run writes (``glam plot`` and resume read it), it is written back from the open copy, with a
+    warning; when it is cut short in place, the warning says which steps' records are gone from it.
+    """
 
     def __init__(self, run_dir: str, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(run_dir, METRICS_FILE)
-        self.tb = None
+        self.tb_dir = os.path.join(run_dir, "tb")
+        self._file = None
+        self._events = None
+        self._steps: list[int] = []  # first and last step this writer logged
         if enabled:
-            from tensorboardX import SummaryWriter
+            with naming(self.path):
+                self._file = open(self.path, "a+", encoding="utf-8")  # readable: see _check_file
+            with naming(self.tb_dir):
+                from tensorboardX.event_file_writer import EventsWriter
 
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+                os.makedirs(self.tb_dir, exist_ok=True)
+                self._events = EventsWriter(os.path.join(self.tb_dir, "events"))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(jsonsafe.dumps(record) + "\n")
+        self._check_file()
+        with naming(self.path):
+            self._file.write(jsonsafe.dumps(record) + "\n")
+            self._file.flush()
+        self._steps = [self._steps[0] if self._steps else record["step"], record["step"]]
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
         prefix = "train/" if record.get("kind") == "train" else ""
-        for key, value in record.items():
-            if key not in ("kind", "step") and isinstance(value, (int, float)):
-                self.tb.add_scalar(prefix + key, value, record["step"])
-        self.tb.flush()
+        with naming(self.tb_dir):
+            for key, value in record.items():
+                # a non-finite value is null in metrics.jsonl and left out here (tensorboardX logs each one)
+                if key not in ("kind", "step") and isinstance(value, (int, float)) and math.isfinite(value):
+                    event = Event(summary=scalar(prefix + key, value), step=record["step"], wall_time=time.time())
+                    self._events.write_event(event)
+            self._events.flush()
+
+    def _check_file(self) -> None:
+        """Put ``metrics.jsonl`` back if it was deleted or replaced since the last record; warn if it
+        was cut short in place."""
+        mine = os.fstat(self._file.fileno())
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            if mine.st_size < self._file.tell():  # truncated in place: those bytes are gone
+                lost = f"steps {self._steps[0]}-{self._steps[1]}" if self._steps else "earlier steps"
+                warnings.warn(
+                    f"{self.path} was cut short while the run was writing it ({mine.st_size} of "
+                    f"{self._file.tell()} bytes left): the records of {lost} (and any before this run "
+                    f"started) are gone from it, so `glam plot` will not show them; the TensorBoard events "
+                    f"in {self.tb_dir} still have this run's values",
+                    GLaMWarning,
+                    stacklevel=2,
+                )
+                self._file.seek(0, os.SEEK_END)
+            return
+        data = os.pread(self._file.fileno(), mine.st_size, 0)  # the open copy still holds every record
+        aside = ""
+        if there is not None:  # replaced by another file: keep it beside
+            aside_path = f"{self.path}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(self.path, aside_path)
+            aside = f"; the file found in its place was moved to {aside_path}"
+        with naming(self.path):
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+            self._file.close()
+            self._file = open(self.path, "a+", encoding="utf-8")  # readable: see _check_file
+        what, records = ("replaced" if there is not None else "deleted"), data.count(b"\n")
+        warnings.warn(
+            f"{self.path} was {what} while the run was writing it; wrote it back from the copy this run "
+            f"still had open ({records} records, none lost){aside}",
+            GLaMWarning,
+            stacklevel=2,
+        )
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self._events is not None:
+            events, self._events = self._events, None
+            with naming(self.tb_dir):
+                events.close()
+        if self._file is not None:
+            f, self._file = self._file, None
+            with naming(self.path):
+                f.close()
+
+
+@contextlib.contextmanager
+def naming(path: str):
+    """An ``OSError`` raised inside (a write to an open file has no file name) names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = path
+        raise
 
 
 def _parse(lines: list[str]) -> tuple[list[tuple[str, dict]], int]:

@@ -21,9 +21,12 @@ overflows its capacity.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +66,11 @@ def upcycle_config(dense: GLaMConfig, overrides: list[str]) -> GLaMConfig:
             f"moe.expert_dim={cfg.moe.expert_dim}: each expert is a copy of the dense FFN, of width "
             f"model.ffn_dim={cfg.model.ffn_dim}; leave moe.expert_dim out"
         )
+    if not cfg.is_moe:
+        raise ConfigError(
+            f"moe.num_experts={cfg.moe.num_experts}: upcycling makes a MoE model from the dense one, so give it "
+            "experts, e.g. moe.num_experts=8"
+        )
     if cfg.moe.shared_experts:
         raise ConfigError("moe.shared_experts with upcycling is not supported (the dense FFN would count twice)")
     return cfg
@@ -92,63 +100,179 @@ def upcycle_params(dense_cfg: GLaMConfig, dense_params: dict, cfg: GLaMConfig, f
     return jax.tree_util.tree_map_with_path(take, fresh_params)
 
 
-def source_position(from_run: str) -> tuple[int, dict]:
-    """(step, data pipeline state) of the source run's latest checkpoint."""
+def source_position(from_run: str, step: int) -> dict:
+    """The data pipeline state of the source run's checkpoint ``step``."""
     from glam.checkpoint.manager import Checkpointer
 
     checkpointer = Checkpointer(from_run)
     try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise GLaMError(f"{from_run!r} has no finished checkpoint; train it first")
-        return step, checkpointer.restore_json(step, "data")
+        return checkpointer.restore_json(step, "data")
     finally:
         checkpointer.close()
 
 
+def check_target(from_run: str, run_dir: str) -> None:
+    """Refuse a new run directory inside the source run (or the source itself), or one that is a run."""
+    from glam.checkpoint.manager import run_started
+
+    source, target = os.path.realpath(from_run), os.path.realpath(run_dir)
+    if target == source or target.startswith(source + os.sep):
+        raise GLaMError(
+            f"--run-dir {run_dir!r} is inside the source run {from_run!r}; upcycle into a directory of its own "
+            "(e.g. beside it), so neither run's files mix with the other's"
+        )
+    if run_started(run_dir):
+        raise GLaMError(f"{run_dir!r} already holds checkpoints; upcycle into a new --run-dir")
+
+
+def memory_needed(cfg: GLaMConfig, dense_cfg: GLaMConfig) -> int:
+    """Bytes upcycling holds at its peak: the dense parameters, the MoE parameters twice (initialised,
+    then copied from the dense FFN) and the optimizer state; from shapes alone (nothing allocated)."""
+    from glam.model.init import abstract_params
+    from glam.train.optimizer import make_optimizer
+
+    def size(tree) -> int:
+        return sum(int(math.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    params = abstract_params(cfg)
+    return size(abstract_params(dense_cfg)) + 2 * size(params) + size(jax.eval_shape(make_optimizer(cfg).init, params))
+
+
+def memory_free() -> tuple[int | None, str]:
+    """(bytes free, where) on the default device: the accelerator's free memory, or the host's."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{device.device_kind} {device.id}"
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024, "this host"
+    except (OSError, KeyError, ValueError):
+        return None, "this host"
+
+
+def check_memory(cfg: GLaMConfig, dense_cfg: GLaMConfig, from_run: str, overrides: list[str]) -> None:
+    """Refuse, before allocating anything, an upcycled model that does not fit in memory (one device)."""
+    need = memory_needed(cfg, dense_cfg) / max(1, cfg.mesh.data * cfg.mesh.model)
+    free, where = memory_free()
+    if free is not None and need > free:
+        raise GLaMError(
+            f"upcycling to moe.num_experts={cfg.moe.num_experts} needs about {need / 2**30:.2f} GiB per device (the "
+            f"dense parameters, the MoE parameters twice and the optimizer state), but {where} has "
+            f"{free / 2**30:.2f} GiB free; choose fewer experts, or a larger mesh (check one first with "
+            f"`glam plan {from_run}/config.yaml {' '.join(overrides)} --mesh DATAxMODEL`)"
+        )
+
+
+def _source_config(from_run: str, step: int) -> GLaMConfig:
+    from glam.checkpoint.manager import Checkpointer, read_config
+    from glam.config import from_dict
+
+    checkpointer = Checkpointer(from_run)
+    try:
+        stored = checkpointer.stored_config(step)
+    finally:
+        checkpointer.close()
+    return read_config(from_run) if stored is None else from_dict(GLaMConfig, stored)
+
+
 def upcycle(from_run: str, run_dir: str, overrides: list[str], *, continue_source: bool = False) -> dict:
     """Write ``run_dir`` with the first checkpoint of the upcycled model (step 0, or the source's step
-    with ``continue_source``); returns a summary."""
+    with ``continue_source``); returns a summary.
+
+    Checked before anything is read or allocated: the source is a dense glam run that no ``glam
+    train`` is writing (its lock is held while it is read), the new directory is not inside it, the
+    experts' number and the memory they need. A failure before the new checkpoint is written removes
+    what it wrote, so the run directory never holds a config without its upcycled checkpoint.
+    """
     from glam.checkpoint import load_for_inference
     from glam.checkpoint.lock import RunLock
-    from glam.checkpoint.manager import checkpoint_dir
-    from glam.data.pipeline import TOKENIZER_FILE
-    from glam.train.loop import start_run
-    from glam.train.optimizer import make_optimizer
-    from glam.train.state import state_shardings
+    from glam.checkpoint.manager import Checkpointer, checkpoint_dir
+    from glam.data.run_tokenizer import TOKENIZER_FILE, load_run_tokenizer
 
-    if os.path.isdir(checkpoint_dir(run_dir)) and os.listdir(checkpoint_dir(run_dir)):
-        raise GLaMError(f"{run_dir!r} already holds checkpoints; upcycle into a new --run-dir")
-    dense_cfg, dense_params, _ = load_for_inference(from_run)
-    cfg = upcycle_config(dense_cfg, overrides)
-    tokenizer = os.path.join(from_run, TOKENIZER_FILE)  # the source's own, so its ids mean the same
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
-    start_step, data_state = source_position(from_run) if continue_source else (0, None)
-    if start_step and cfg.train.steps <= start_step:
-        raise ConfigError(
-            f"train.steps={cfg.train.steps}, but the upcycled run continues from the source's step {start_step}; "
-            f"train.steps counts the dense steps too: set train.steps={start_step} + the steps to train"
-        )
-    with RunLock(run_dir, enabled=cfg.mesh.process_id == 0):
-        run, fresh = start_run(cfg, run_dir)
+    if not os.path.isdir(checkpoint_dir(from_run)):
+        raise GLaMError(f"{from_run!r} has no checkpoints; is it a glam run directory (made by `glam train`)?")
+    check_target(from_run, run_dir)
+    busy = "upcycle it once that training has stopped (Ctrl-C saves a checkpoint), so the step read is a finished one"
+    with RunLock(from_run, busy_advice=busy):
+        checkpointer = Checkpointer(from_run)
         try:
-            params = upcycle_params(dense_cfg, dense_params, cfg, fresh.params)
-            init = jax.jit(make_optimizer(cfg).init, out_shardings=state_shardings(cfg, run.mesh).opt_state)
-            state = fresh._replace(params=params, opt_state=init(params))
-            if data_state is not None:
-                step = jax.device_put(jnp.asarray(start_step, state.step.dtype), state.step.sharding)
-                state = state._replace(step=step)
-                run.pipeline.load_state_dict(data_state)
-            run.save(state)
+            steps = checkpointer.all_steps()
         finally:
-            run.close()
+            checkpointer.close()
+        if not steps:
+            raise GLaMError(f"{from_run!r} has no finished checkpoint; train it first")
+        source_step = steps[-1]
+        dense_cfg = _source_config(from_run, source_step)
+        load_run_tokenizer(from_run, dense_cfg)  # the source's own tokenizer, which the new run will use
+        cfg = upcycle_config(dense_cfg, overrides)
+        tokenizer = os.path.join(from_run, TOKENIZER_FILE)  # the source's own, so its ids mean the same
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
+        start_step = source_step if continue_source else 0
+        if start_step and cfg.train.steps <= start_step:
+            raise ConfigError(
+                f"train.steps={cfg.train.steps}, but the upcycled run continues from the source's step {start_step}; "
+                f"train.steps counts the dense steps too: set train.steps={start_step} + the steps to train"
+            )
+        check_memory(cfg, dense_cfg, from_run, overrides)
+        loaded_cfg, dense_params, _ = load_for_inference(from_run, step=source_step)
+        data_state = source_position(from_run, source_step) if continue_source else None
     record = {
         "from": os.path.abspath(from_run),
+        "source_step": source_step,
         "num_experts": cfg.moe.num_experts,
         "overrides": list(overrides),
         "start_step": start_step,
     }
-    if jax.process_index() == 0:
-        with open(os.path.join(run_dir, UPCYCLED_FILE), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
+    _write_first_checkpoint(cfg, loaded_cfg, dense_params, run_dir, start_step, data_state, record)
     return {"run_dir": run_dir, "config": os.path.join(run_dir, "config.yaml"), **record}
+
+
+def _write_first_checkpoint(
+    cfg: GLaMConfig, dense_cfg: GLaMConfig, dense_params: dict, run_dir: str, start_step, data_state, record
+) -> None:
+    """Build the upcycled state and save it as the new run's first checkpoint, with its record; on a
+    failure, remove what this wrote into ``run_dir``."""
+    from glam.checkpoint.lock import RunLock
+    from glam.train.loop import start_run
+    from glam.train.optimizer import make_optimizer
+    from glam.train.state import state_shardings
+
+    with RunLock(run_dir, enabled=cfg.mesh.process_id == 0):
+        before = set(os.listdir(run_dir))  # taken while holding the lock: no trainer writes here now
+        try:
+            run, fresh = start_run(cfg, run_dir)
+            try:
+                params = upcycle_params(dense_cfg, dense_params, cfg, fresh.params)
+                init = jax.jit(make_optimizer(cfg).init, out_shardings=state_shardings(cfg, run.mesh).opt_state)
+                state = fresh._replace(params=params, opt_state=init(params))
+                if data_state is not None:
+                    step = jax.device_put(jnp.asarray(start_step, state.step.dtype), state.step.sharding)
+                    state = state._replace(step=step)
+                    run.pipeline.load_state_dict(data_state)
+                run.save(state)
+            finally:
+                run.close()
+            if jax.process_index() == 0:
+                with open(os.path.join(run_dir, UPCYCLED_FILE), "w", encoding="utf-8") as f:
+                    json.dump(record, f, indent=1)
+        except BaseException:
+            if jax.process_index() == 0:
+                _remove_new_files(run_dir, before)
+            raise
+
+
+# what start_run and upcycle write into a run directory
+_WRITTEN = ("config.yaml", "tokenizer.model", "tokenizer.json", "tb", "metrics.jsonl", "checkpoints", UPCYCLED_FILE)
+
+
+def _remove_new_files(run_dir: str, before: set[str]) -> None:
+    """Remove what a failed upcycle wrote into ``run_dir`` (the lock removes the directory if it made it)."""
+    for name in (set(os.listdir(run_dir)) - before) & set(_WRITTEN):
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
