@@ -12,8 +12,11 @@
 # 4. guidellm (a load generator nobody here wrote) against `glam serve` (tiny, continuous), Poisson at
 #    GUIDELLM_RATE, its lengths drawn normal with serve_load's means and standard deviations, clipped to the
 #    same ranges (guidellm has no log-uniform).
-# uptime before and after. Time on the idle 2-core CPU: see docs/benchmarks.md (the target is <= 20 min;
-# most of it is the glam servers' --warmup compiles and the rates' arrival spans, REQUESTS/rate seconds each).
+# uptime before and after. Time: the target is <= 20 min alone on the 2-core CPU; most of it is the four glam
+# servers' --warmup compiles (366 s each at load 13 beside other jobs) and the rates' arrival spans
+# (REQUESTS/rate seconds each). A smoke run beside other jobs (load 12-15), checkpoints reused,
+#   OUT=/tmp/rs RATES=inf REQUESTS=6 EXTRA="--prompt-tokens 16 64 --output-tokens 4 16 --no-warmup" bash ...
+# took 808 s end to end, rc 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,6 +28,7 @@ RATES=${RATES:-"2 4 8 inf"}
 REQUESTS=${REQUESTS:-48}
 MAX_BATCH=${MAX_BATCH:-16}
 GUIDELLM_RATE=${GUIDELLM_RATE:-4}
+EXTRA=${EXTRA:-}  # more serve_load.py flags, e.g. EXTRA="--prompt-tokens 16 64 --no-warmup" for a quick smoke run
 mkdir -p "$OUT/logs"
 start=$(date +%s)
 { date -u; uptime; } | tee "$OUT/uptime_start.txt"
@@ -46,10 +50,10 @@ else
   echo "no side venv at $HF_BIN (transformers, guidellm): the HF peer and guidellm are skipped; docs/benchmarks.md sets it up"
 fi
 
-# shellcheck disable=SC2086  # RATES is a list
+# shellcheck disable=SC2086  # RATES and EXTRA are lists
 $PY benchmarks/serve_load.py --checkpoints "tiny=$OUT/tiny" "tiny-dense=$OUT/tiny-dense" --rows "${rows[@]}" \
   --rates $RATES --requests "$REQUESTS" --max-batch "$MAX_BATCH" --hf-bin "$HF_BIN" --logs "$OUT/logs" \
-  --json "$OUT/serve_load.json" --md "$OUT/serve_load.md"
+  --json "$OUT/serve_load.json" --md "$OUT/serve_load.md" $EXTRA
 
 if [ -x "$HF_BIN/guidellm" ]; then
   port=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
