@@ -127,7 +127,6 @@ def export_run(
     """Export checkpoint ``step`` (default: the newest) of ``run_dir`` into ``out_dir``;
     ``tokenizer_only`` writes just the tokenizer files. Returns the names written."""
     from glam.checkpoint import load_for_inference
-    from glam.checkpoint.manager import CONFIG_FILE, read_config
 
     log = log or (lambda message: print(f"note: {message}", file=sys.stderr, flush=True))
     if dtype not in ("float32", "bfloat16"):
@@ -135,15 +134,29 @@ def export_run(
     if not os.path.isdir(run_dir):
         raise ExportError(f"{run_dir!r} is not a folder; give a glam run directory (made by `glam train`)")
     check_out_dir(out_dir, force)
+    run_cfg = _run_config(run_dir)
     if tokenizer_only:
-        max_len = read_config(run_dir).model.max_seq_len if os.path.isfile(os.path.join(run_dir, CONFIG_FILE)) else None
+        max_len = run_cfg.model.max_seq_len if run_cfg is not None else None
         return write_hf_tokenizer(run_dir, out_dir, model_max_length=max_len)
-    if os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
-        check_exportable(read_config(run_dir))  # refuse before reading the weights
+    if run_cfg is not None:
+        check_exportable(run_cfg)  # refuse before reading the weights (the checkpoint's own config decides later)
     step = step if step is not None else _newest_step(run_dir)
     cfg, params, tokenizer = load_for_inference(run_dir, step=step, log=log)
     source = {"run_dir": os.path.abspath(run_dir), "step": step, "metrics": _heldout(run_dir, step)}
     return export_model(cfg, params, tokenizer, out_dir, dtype=dtype, source=source)
+
+
+def _run_config(run_dir: str) -> GLaMConfig | None:
+    """``RUN/config.yaml`` if it is there and reads (a copy: the checkpoint holds its own config)."""
+    from glam.checkpoint.manager import CONFIG_FILE, read_config
+    from glam.errors import GLaMError
+
+    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        return None
+    try:
+        return read_config(run_dir)
+    except GLaMError:
+        return None
 
 
 def _newest_step(run_dir: str) -> int | None:
