@@ -64,3 +64,17 @@ def output_dir(text: str) -> str:
     except GLaMError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def mesh_arg(text: str) -> tuple[int, int]:
+    """``DATAxMODEL`` (e.g. ``4x2``) → (data, model), both at least 1."""
+    try:
+        data, model = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write it as DATAxMODEL, e.g. 4x2") from None
+    if data < 1 or model < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sizes must be at least 1")
+    return data, model
+
+
+mesh_arg.__name__ = "mesh"

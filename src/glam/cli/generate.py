@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from glam.cli.arguments import finite_float, non_negative_int, positive_int
+from glam.cli.arguments import finite_float, mesh_arg, non_negative_int, positive_int
 from glam.errors import GLaMError
 from glam.files import read_text
 
@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable; \\n is a newline)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together (default 8)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--mesh",
+        type=mesh_arg,
+        default=None,
+        help="DATAxMODEL: decode on a device mesh, experts over data, hidden over model (CPU: simulated devices)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,20 +92,34 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = [_unescape(args.prompt)] if args.prompt is not None else read_prompts(args.file)
     sampler = make_sampler(args)  # fail on bad flags before loading the model
+    batch_size = min(args.batch_size, len(prompts))
+    if args.mesh is not None:
+        from glam.sharding.mesh import request_devices
+
+        request_devices(args.mesh[0] * args.mesh[1])
+        batch_size = -(-batch_size // args.mesh[0]) * args.mesh[0]  # filler rows: the batch splits over data
     lm = load_language_model(args.checkpoint, step=args.step)
+    cfg, params, mesh = lm.cfg, lm.params, None
+    if args.mesh is not None:
+        from glam.sharding.mesh import place_for_inference
+
+        cfg, params, mesh = place_for_inference(cfg, params, args.mesh, batch_size)
+    from glam.sharding.rules import activate
+
     printer = _Printer(prompts)
-    generate(
-        lm.cfg,
-        lm.params,
-        lm.tokenizer,
-        prompts,
-        max_tokens=args.max_tokens,
-        sampler=sampler,
-        stop=[_unescape(s) for s in args.stop],
-        stream=printer,
-        seed=args.seed,
-        batch_size=min(args.batch_size, len(prompts)),
-    )
+    with activate(mesh):
+        generate(
+            cfg,
+            params,
+            lm.tokenizer,
+            prompts,
+            max_tokens=args.max_tokens,
+            sampler=sampler,
+            stop=[_unescape(s) for s in args.stop],
+            stream=printer,
+            seed=args.seed,
+            batch_size=batch_size,
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from glam.cli.arguments import finite_float, non_negative_int, positive_int
+from glam.cli.arguments import finite_float, mesh_arg, non_negative_int, positive_int
 
 BATCHING = ("continuous", "static")
 
@@ -48,6 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=positive_int, default=64, help="requests admitted at once; more get 429")
     p.add_argument("--max-body-kb", type=positive_int, default=4096, help="largest request body (default 4096 KiB)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the run directory's name)")
+    p.add_argument(
+        "--mesh",
+        type=mesh_arg,
+        default=None,
+        help="DATAxMODEL: run on a device mesh, experts over data, hidden over model (CPU: simulated devices)",
+    )
     p.add_argument(
         "--batching",
         choices=BATCHING,
@@ -93,4 +99,5 @@ def run(args: argparse.Namespace) -> None:
         batching=args.batching,
         prefill_chunk=args.prefill_chunk,
         drain_timeout_s=args.drain_timeout,
+        mesh=args.mesh,
     )

@@ -35,6 +35,7 @@ def serve(
     batching: str | None = None,
     prefill_chunk: int | None = None,
     drain_timeout_s: float = 30.0,
+    mesh: tuple[int, int] | None = None,
 ) -> None:
     """Load a run's checkpoint and serve it until SIGTERM or Ctrl-C, which drain it (then return).
 
@@ -63,8 +64,16 @@ def serve(
                 file=sys.stderr,
                 flush=True,
             )
+        if mesh is not None:
+            from glam.sharding.mesh import request_devices
+
+            request_devices(mesh[0] * mesh[1])
         cfg, params, tokenizer = load_for_inference(run_dir, step=step)
         options = {k: v for k, v in (("batching", batching), ("prefill_chunk", prefill_chunk)) if v is not None}
+        if mesh is not None:
+            from glam.sharding.mesh import place_for_inference
+
+            cfg, params, options["mesh"] = place_for_inference(cfg, params, mesh, max_batch)
         engine = Engine(cfg, params, tokenizer, max_batch=max_batch, max_queue=max_queue, **options)
         template = None
         if template_source is not None:

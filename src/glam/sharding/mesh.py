@@ -99,3 +99,48 @@ def abstract_mesh(data: int, model: int, cfg: GLaMConfig | None = None) -> Mesh:
             f"set XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts (glam plan does this)"
         )
     return _grid(cfg, devices[:n], data, model)
+
+
+def request_devices(n: int) -> None:
+    """Ask for ``n`` simulated devices when JAX runs on the CPU (possible only before its backend starts).
+
+    On an accelerator the flag is harmless (it sizes the host platform only); a backend that has
+    started already keeps its devices, and :func:`inference_mesh` then names the shortfall.
+    """
+    try:
+        jax.config.update("jax_num_cpu_devices", max(n, jax.config.jax_num_cpu_devices or 1))
+    except RuntimeError:
+        pass
+
+
+def inference_mesh(cfg: GLaMConfig, data: int, model: int, batch_size: int) -> tuple[GLaMConfig, Mesh]:
+    """(cfg with mesh.data × mesh.model, the mesh over the first data·model devices) for generating or serving.
+
+    ``batch_size`` is the rows decoded together (``--max-batch``): it must split over ``data``, as
+    every size the mesh splits must (validate_mesh names the field and the fix otherwise).
+    """
+    import dataclasses
+
+    if data < 1 or model < 1:
+        raise ConfigError(f"--mesh {data}x{model}: both sizes must be at least 1")
+    devices = jax.devices()
+    if len(devices) < data * model:
+        raise ConfigError(
+            f"--mesh {data}x{model} needs {data * model} devices but JAX sees {len(devices)} "
+            f"({devices[0].platform}); choose a mesh of at most {len(devices)} devices"
+        )
+    cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=data, model=model))
+    validate_mesh(cfg, data, model, batch_size=batch_size)
+    return cfg, _grid(cfg, devices[: data * model], data, model)
+
+
+def place_for_inference(cfg: GLaMConfig, params: dict, mesh: tuple[int, int], batch_size: int):
+    """(cfg, params placed on a data × model mesh, the mesh): experts over ``data``, hidden over ``model``.
+
+    The parameters were restored on one device first (a run's config is needed to shape the mesh);
+    the rule table then places each on the mesh.
+    """
+    from glam.model.init import param_shardings
+
+    cfg, device_mesh = inference_mesh(cfg, *mesh, batch_size=batch_size)
+    return cfg, jax.device_put(params, param_shardings(cfg, device_mesh)), device_mesh
