@@ -96,3 +96,16 @@ def test_bpe_trains_and_round_trips(tmp_path):
     assert time.perf_counter() - start < 20
     text = "  the sparse\tmixture 😀\n"
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_a_damaged_tokenizer_file_is_never_answered_with_a_retrain(tmp_path):
+    """A run trained with a tokenizer needs that very file: the advice puts the original back first."""
+    path = tmp_path / "tok.model"
+    path.write_bytes(b"not a model")
+    with pytest.raises(DataError) as err:
+        Tokenizer(str(path))
+    assert str(err.value).startswith(f"tokenizer {str(path)!r} is not a valid SentencePiece model (")
+    assert str(err.value).endswith(
+        "); put back the original if a run was trained with it (another tokenizer would change what its ids mean), "
+        "else make one with `glam tokenizer train`"
+    )

@@ -24,6 +24,11 @@ from glam.data.errors import DataError
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _SPACE_MARK = "\u2581"
 _MAX_PIECE_CHARS = 4096  # SentencePiece skips longer training "sentences"; longer lines are cut
+# what to do with a bad tokenizer file: never a retrain of one that a run was trained with
+_REMAKE = (
+    "put back the original if a run was trained with it (another tokenizer would change what its ids mean), "
+    "else make one with `glam tokenizer train`"
+)
 
 
 def _sentencepiece():
@@ -44,8 +49,8 @@ class Tokenizer:
         self.path = os.fspath(path)
         if model_proto is None and not os.path.isfile(self.path):
             raise DataError(
-                f"tokenizer {self.path!r} does not exist; train one with `glam tokenizer train --output "
-                f"{self.path}` or set data.tokenizer='' to train one into the run directory"
+                f"tokenizer {self.path!r} does not exist; check the path, or make one with `glam tokenizer train "
+                f"--output {self.path}`, or set data.tokenizer='' to train one into the run directory"
             )
         spm = _sentencepiece()
         try:
@@ -54,19 +59,16 @@ class Tokenizer:
             else:
                 self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         except (OSError, RuntimeError) as exc:
-            raise DataError(
-                f"tokenizer {self.path!r} is not a valid SentencePiece model ({exc}); retrain it with "
-                "`glam tokenizer train`"
-            ) from None
+            raise DataError(f"tokenizer {self.path!r} is not a valid SentencePiece model ({exc}); {_REMAKE}") from None
         ids = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
         if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise DataError(
                 f"tokenizer {self.path!r} has special ids pad/unk/bos/eos = {ids}; glam needs (0, 1, 2, 3) "
-                "(docs/design.md); retrain it with `glam tokenizer train`"
+                f"(docs/design.md); {_REMAKE}"
             )
         self._space_mark_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_MARK.encode()]
         if UNK_ID in self._space_mark_ids:
-            raise DataError(f"tokenizer {self.path!r} has no byte fallback; retrain it with `glam tokenizer train`")
+            raise DataError(f"tokenizer {self.path!r} has no byte fallback; {_REMAKE}")
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
