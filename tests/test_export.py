@@ -241,6 +241,15 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "tok")) == sorted(
         ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"]
     )
+    # A run whose tokenizer.model is not the one its tokenizer.json records (issue 28's check).
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    shutil.copy(os.path.join(run_dir, "tokenizer.json"), swapped)
+    (swapped / "tokenizer.model").write_bytes(b"another tokenizer")
+    capsys.readouterr()
+    assert main(["export", str(swapped), str(tmp_path / "o4"), "--tokenizer-only"]) == 2
+    err = capsys.readouterr().err
+    assert "is not the tokenizer this run was trained with" in err and err.count("\n") == 1, err
     # An unexportable variant is refused before its weights are read.
     group = tmp_path / "group_run"
     group.mkdir()

@@ -66,17 +66,18 @@ def _tokenizers():
 
 
 def _load(source) -> Tokenizer:
-    """``source``: a glam Tokenizer, a SentencePiece ``.model`` file, or a run directory holding one."""
+    """``source``: a glam Tokenizer, a SentencePiece ``.model`` file, or a run directory holding one
+    (checked against the sha256 its ``tokenizer.json`` records: ``glam.data.run_tokenizer``)."""
     if isinstance(source, Tokenizer):
         return source
     path = os.fspath(source)
     if os.path.isdir(path):
         from glam.data.pipeline import TOKENIZER_FILE
+        from glam.data.run_tokenizer import load_run_tokenizer
 
-        model = os.path.join(path, TOKENIZER_FILE)
-        if not os.path.isfile(model):
+        if not os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
             raise ExportError(f"{path!r} has no {TOKENIZER_FILE}; give a glam run directory or a .model file")
-        path = model
+        return load_run_tokenizer(path)  # refuses a tokenizer that is not the one RUN/tokenizer.json records
     return Tokenizer(path)
 
 
