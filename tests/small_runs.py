@@ -6,6 +6,7 @@ path), not in the installed package.
 ``small_run_config(folder)`` writes a corpus of two sources (the docstrings of some standard-library
 modules, split into documents), trains a 512-piece tokenizer once, and returns the path of a YAML
 config (``preset: tiny`` with d_model 64, batch 8 × 64 tokens) that ``glam train`` accepts.
+``SMALL_MODEL``: the override list of the small model unit tests share.
 ``run_train(...)`` runs ``python -m glam.cli.main train`` in a fresh process with a chosen number of
 simulated CPU devices and returns the train records of its ``metrics.jsonl``.
 """
@@ -21,6 +22,10 @@ import sys
 import yaml
 
 from glam.train.metrics import read_metrics
+
+#: the small model the unit tests share (``resolve("tiny", [*SMALL_MODEL, ...])``): tiny's layout at
+#: d_model 32, 2 heads of 16, F = 64, a 128-piece vocabulary; compiles and runs in seconds
+SMALL_MODEL = ("model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=64", "model.vocab_size=128")
 
 MODULES = {
     "alpha": ("json", "collections", "itertools", "functools", "textwrap", "string", "re", "argparse"),
@@ -57,8 +62,8 @@ def write_corpus(folder: str) -> list[dict]:
 def small_run_config(folder: str, **sections) -> str:
     """Write corpus, tokenizer and ``config.yaml`` into ``folder``; ``sections`` override config sections."""
     from glam.config import merge_dict
+    from glam.config.presets import get_preset
     from glam.data.pipeline import train_mixture_tokenizer
-    from glam.presets import get_preset
 
     sources = write_corpus(os.path.join(folder, "corpus"))
     tokenizer = os.path.join(folder, "tokenizer.model")

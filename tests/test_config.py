@@ -3,7 +3,7 @@
 import pytest
 
 from glam.config import ConfigError, GLaMConfig, SourceConfig, load_yaml, resolve
-from glam.presets import PRESETS, get_preset
+from glam.config.presets import PRESETS, get_preset
 
 
 def test_every_preset_builds_and_round_trips_through_yaml(tmp_path):
@@ -98,7 +98,11 @@ def test_config_is_frozen_and_hashable():
     cfg = GLaMConfig()
     with pytest.raises(AttributeError):
         cfg.train.steps = 3  # type: ignore[misc]
-    assert hash(cfg) == hash(GLaMConfig())
+    # equal configs are one dict key (a cache keyed by config), a changed field another
+    tiny, steps7 = resolve("tiny"), resolve("tiny", ["train.steps=7"])
+    table = {cfg: "default", tiny: "tiny", steps7: "steps7"}
+    assert len(table) == 3 and table[GLaMConfig()] == "default" and table[resolve("tiny")] == "tiny"
+    assert table[resolve("tiny", ["train.steps=7"])] == "steps7" and hash(tiny) != hash(steps7)
 
 
 def test_each_enumeration_is_declared_once_and_its_registry_follows_it():

@@ -1,6 +1,6 @@
 """Every dispatch path (einsum, index, dropless) against the slow loop reference, forward and grads.
 
-The fast paths share the routing of ``top2_gating``; ``reference_moe`` re-derives it with loops.
+The fast paths share the routing of ``topk_gating`` (k = 2); ``reference_moe`` re-derives it with loops.
 Dropless equals the reference run with a capacity large enough that nothing drops.
 """
 
@@ -16,7 +16,7 @@ from glam.errors import GLaMError
 from glam.model.moe import dispatch as dispatch_mod
 from glam.model.moe.dispatch import block_matmul, sort_by_expert
 from glam.model.moe.gating import capacity
-from glam.model.moe.layer import ACTIVATIONS, MoEFFN
+from glam.model.moe.layer import EXPERT_FORMS, MoEFFN
 from glam.model.moe.reference import reference_moe
 from glam.sharding.mesh import MESH_AXES
 from glam.sharding.rules import activate
@@ -50,7 +50,7 @@ def _fast_and_slow(dispatch: str, cf: float, activation: str, x: jax.Array):
 
     def slow(w, x):
         y, aux = reference_moe(
-            x, w["w_router"], w["w_in"], w["w_out"], C, ACTIVATIONS[activation], w_gate=w.get("w_gate")
+            x, w["w_router"], w["w_in"], w["w_out"], C, EXPERT_FORMS[activation][0], w_gate=w.get("w_gate")
         )
         return jnp.sum(jnp.sin(y)) + aux, y
 

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glam.model.moe.gating import top2_gating
+from glam.model.moe.gating import topk_gating
 from glam.model.moe.reference import reference_routing
 
 
@@ -23,7 +23,7 @@ def routing_case(draw):
 @given(routing_case())
 def test_gating_invariants(case):
     logits, C = case
-    r = top2_gating(jnp.asarray(logits), C)
+    r = topk_gating(jnp.asarray(logits), C, k=2)
     G, S, E = logits.shape
     kept = np.asarray(r.kept)
     expert, pos, gate = np.asarray(r.expert), np.asarray(r.position), np.asarray(r.gate)

@@ -39,6 +39,17 @@ TEXT = [
 ]
 
 
+class EosAt:
+    """The test tokenizer with another end-of-sequence id: -1 (never drawn) makes every row run to the
+    token limit; a token the free run draws at step j makes the row end there."""
+
+    def __init__(self, tokenizer, eos_id: int):
+        self._tokenizer, self.eos_id = tokenizer, eos_id
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     tokenizer = train_tokenizer(TEXT, 320, str(tmp_path_factory.mktemp("tok") / "tok.model"), num_threads=1)
@@ -48,15 +59,19 @@ def model(tmp_path_factory):
 def test_generate_streams_the_same_text_it_returns(model):
     cfg, params, tok = model
     events = []
-    outs = generate(cfg, params, tok, ["The quick fox", "A:"], max_tokens=8, stream=events.append)
+    outs = generate(cfg, params, EosAt(tok, -1), ["The quick fox", "A:"], max_tokens=8, stream=events.append)
     for i, out in enumerate(outs):
         mine = [e for e in events if e.index == i]
         assert "".join(e.text for e in mine) == out.text
         assert sum((e.tokens for e in mine), ()) == out.tokens
         assert mine[-1].finish_reason == out.finish_reason and all(e.finish_reason is None for e in mine[:-1])
-        assert len(out.tokens) <= 8 and (out.finish_reason == "eos" or len(out.tokens) == 8)
-        if out.finish_reason == "length":
-            assert tok.decode(out.tokens) == out.text
+        assert (len(out.tokens), out.finish_reason) == (8, "length")
+        assert tok.decode(out.tokens) == out.text
+    # Ending at eos: the free run's last token not drawn before is made the eos; the row stops before it.
+    free = outs[0].tokens
+    j = max(i for i, t in enumerate(free) if t not in free[:i])
+    [cut] = generate(cfg, params, EosAt(tok, free[j]), ["The quick fox"], max_tokens=8)
+    assert (cut.tokens, cut.finish_reason) == (free[:j], "eos")
 
 
 def test_stop_strings_cut_the_text(model):
@@ -71,8 +86,9 @@ def test_stop_strings_cut_the_text(model):
 
 def test_token_limit_and_too_long_prompt(model):
     cfg, params, tok = model
-    [out] = generate(cfg, params, tok, [[tok.bos_id, 50, 60]], max_tokens=3, sampler=Sampler(1.0, top_k=5))
-    assert len(out.tokens) <= 3 and (out.finish_reason == "eos" or len(out.tokens) == 3)
+    no_eos = EosAt(tok, -1)
+    [out] = generate(cfg, params, no_eos, [[tok.bos_id, 50, 60]], max_tokens=3, sampler=Sampler(1.0, top_k=5))
+    assert (len(out.tokens), out.finish_reason) == (3, "length")
     long_prompt = "The quick fox walks to the river. " * 10
     with pytest.raises(GLaMError, match=r"prompt 1 is \d+ tokens.*shorten the prompt"):
         generate(cfg, params, tok, ["short", long_prompt], max_tokens=8)
@@ -91,7 +107,7 @@ def test_language_model_adapter(model):
     assert long_count == len(tok.encode("The quick fox. " * 30)) > cfg.model.max_seq_len  # several windows
     contexts = ["The old cat walks to the garden. " * 20, "The quick"]  # the first is cut on the left
     texts = lm.generate(contexts, max_tokens=5, stop=["\n"], beam_size=2)
-    assert len(texts) == 2 and all(isinstance(t, str) and "\n" not in t for t in texts)
+    assert len(texts) == 2 and all("\n" not in t for t in texts)
     # Beam search hands each row over whole, as one event; the adapter gave the same texts.
     room = cfg.model.max_seq_len - 5
     prompts = [[tok.bos_id, *tok.encode(c)][-room:] for c in contexts]
@@ -126,7 +142,8 @@ def fake_checkpoint(model, monkeypatch):
 
 def test_cli_streams_one_prompt(model, fake_checkpoint, capsys):
     cfg, params, tok = model
-    assert isinstance(load_language_model("runs/x"), GLaMLanguageModel)
+    lm = load_language_model("runs/x")
+    assert lm.cfg == cfg and lm.params is params and lm.tokenizer is tok
     assert main(["generate", "--checkpoint", "runs/x", "--prompt", "The quick", "--max-tokens", "8"]) == 0
     [expected] = generate(cfg, params, tok, ["The quick"], max_tokens=8)
     assert capsys.readouterr().out == expected.text + "\n"

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from glam.config import ModelConfig, MoEConfig
-from glam.model.moe.gating import capacity, top2_gating
-from glam.model.moe.layer import ACTIVATIONS, MoEFFN
+from glam.model.moe.gating import capacity, topk_gating
+from glam.model.moe.layer import EXPERT_FORMS, MoEFFN
 from glam.model.moe.reference import reference_moe, reference_routing
 
 # Four tokens, three experts, capacity 2. Gate probabilities chosen by hand (logits = log p).
@@ -16,7 +16,7 @@ PROBS = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.7, 0.2, 0.1], [0.2, 0.5, 
 
 
 def test_hand_worked_routing():
-    r = top2_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=2)
+    r = topk_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=2, k=2)
     # First choices: t0, t1 → expert 0 (slots 0, 1); t2 → expert 0 slot 2 ≥ C: dropped; t3 → expert 1 slot 0.
     # Second choices queue behind ALL kept first choices of their expert:
     # t0 → e1 slot 1 (after t3), t1 → e2 slot 0, t2 → e1 slot 2: dropped, t3 → e2 slot 1.
@@ -36,14 +36,14 @@ def test_first_choices_outrank_earlier_second_choices():
     # t0's SECOND choice and t1's FIRST choice both want expert 1, capacity 1: the first choice wins
     # although t0 comes earlier.
     probs = np.array([[0.6, 0.4, 0.0], [0.1, 0.8, 0.1]]) + 1e-9
-    r = top2_gating(jnp.log(jnp.asarray(probs))[None], capacity=1)
+    r = topk_gating(jnp.log(jnp.asarray(probs))[None], capacity=1, k=2)
     np.testing.assert_array_equal(r.expert[0, :, 0], [0, 1])
     np.testing.assert_array_equal(r.kept[0], [[True, False], [True, False]])
 
 
 def test_perfect_balance_aux_is_one():
     probs = np.full((1, 8, 4), 0.25) + np.eye(4)[np.arange(8) % 4][None] * 1e-3
-    r = top2_gating(jnp.log(jnp.asarray(probs)), capacity=8)
+    r = topk_gating(jnp.log(jnp.asarray(probs)), capacity=8, k=2)
     np.testing.assert_allclose(r.aux_loss, 1.0, rtol=1e-2)
 
 
@@ -57,7 +57,7 @@ def test_capacity_formula():
 def test_padding_routes_nowhere():
     logits = jnp.log(jnp.asarray(PROBS))[None]
     valid = jnp.asarray([[True, False, True, True]])
-    r = top2_gating(logits, capacity=2, valid=valid)
+    r = topk_gating(logits, capacity=2, valid=valid, k=2)
     assert not bool(r.kept[0, 1].any())
     assert bool(r.kept[0, 2, 0])  # t2 takes the slot the padding token would have used
 
@@ -83,7 +83,7 @@ def test_fast_layer_equals_reference_forward_and_grads(dispatch, activation):
         return jnp.sum(jnp.sin(y)) + stats["aux_loss"], (y, stats)
 
     def slow(w, x):
-        y, aux = reference_moe(x, w["w_router"], w["w_in"], w["w_out"], C, ACTIVATIONS[activation])
+        y, aux = reference_moe(x, w["w_router"], w["w_in"], w["w_out"], C, EXPERT_FORMS[activation][0])
         return jnp.sum(jnp.sin(y)) + aux, (y, aux)
 
     (lf, (yf, stats)), (gf, gxf) = jax.value_and_grad(fast, argnums=(0, 1), has_aux=True)(state, x)
@@ -115,7 +115,7 @@ def test_random_second_expert_policy_matches_reference():
 
 def test_reference_routing_agrees_with_gating_positions():
     logits = jax.random.normal(jax.random.key(3), (3, 32, 8)) * 2
-    r = top2_gating(logits, capacity=5)
+    r = topk_gating(logits, capacity=5, k=2)
     ref = reference_routing(np.asarray(logits), 5)
     np.testing.assert_array_equal(r.kept[..., 0], ref["kept1"])
     np.testing.assert_array_equal(r.kept[..., 1], ref["kept2"])

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from glam.config import ModelConfig, MoEConfig
-from glam.model.moe.decode import decode_moe, top2_no_capacity
+from glam.model.moe.decode import decode_moe, topk_no_capacity
 from glam.model.moe.layer import MoEFFN
 from glam.model.moe.reference import reference_moe
 
@@ -16,10 +16,10 @@ PROBS = np.array([[0.6, 0.3, 0.1], [0.1, 0.5, 0.4], [0.2, 0.2, 0.6]])
 
 
 def test_hand_worked_top2_gates():
-    expert, gate = top2_no_capacity(jnp.log(jnp.asarray(PROBS)))
+    expert, gate = topk_no_capacity(jnp.log(jnp.asarray(PROBS)), k=2)
     np.testing.assert_array_equal(expert, [[0, 1], [1, 2], [2, 0]])  # a tie (t2: 0.2, 0.2) goes to the lower id
     np.testing.assert_allclose(gate, [[2 / 3, 1 / 3], [5 / 9, 4 / 9], [3 / 4, 1 / 4]], rtol=1e-6)
-    _, gate = top2_no_capacity(jnp.log(jnp.asarray(PROBS)), valid=jnp.asarray([True, False, True]))
+    _, gate = topk_no_capacity(jnp.log(jnp.asarray(PROBS)), valid=jnp.asarray([True, False, True]), k=2)
     np.testing.assert_array_equal(gate[1], [0, 0])  # an invalid token routes nowhere
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from small_runs import SMALL_MODEL
 
 from glam.config import ModelConfig, MoEConfig, resolve
 from glam.errors import ConfigError
@@ -16,7 +17,7 @@ from glam.model.flops import counting_rule, model_size
 from glam.model.moe import dispatch as dispatch_mod
 from glam.model.moe.decode import decode_moe, topk_no_capacity
 from glam.model.moe.gating import capacity, topk_gating
-from glam.model.moe.layer import MoEFFN, router_z_loss
+from glam.model.moe.layer import MoEFFN, moe_ffn_of, router_z_loss
 from glam.model.moe.reference import reference_moe, reference_routing
 
 PROBS = np.array([[0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
@@ -69,11 +70,11 @@ def assert_same_values_and_grads(fast, slow, state, x):
         np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
 
 
-def _layer(dispatch="index", k=2, shared=0, activation="relu", cf=0.5):
+def _layer(dispatch="index", k=2, shared=0, activation="relu", cf=0.5, balance="aux_loss"):
     mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4, expert_activation=activation)
     moe = MoEConfig(
-        num_experts=E, top_k=k, capacity_factor_train=cf, capacity_multiple=1, dispatch=dispatch,
-        shared_experts=shared,
+        num_experts=E, top_k=k, capacity_factor_train=cf, capacity_factor_eval=cf, capacity_multiple=1,
+        dispatch=dispatch, shared_experts=shared, balance=balance,
     )  # fmt: skip
     return MoEFFN(mcfg, moe, rngs=nnx.Rngs(0))
 
@@ -165,8 +166,7 @@ def test_the_training_loss_weighs_the_router_z_loss():
     from glam.model.init import init_params
     from glam.model.losses import loss_fn
 
-    small = ["model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=64", "model.vocab_size=64"]
-    cfg = resolve("tiny", [*small, "model.num_layers=2", "moe.num_experts=4", "moe.router_z_loss=0.5"])
+    cfg = resolve("tiny", [*SMALL_MODEL, "model.num_layers=2", "moe.num_experts=4", "moe.router_z_loss=0.5"])
     params = init_params(cfg, jax.random.key(0))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 64, (2, 17))
@@ -259,18 +259,22 @@ def test_the_train_step_moves_the_bias_by_the_sign_rule_and_resumes_it():
     from glam.train.step import make_train_step, shard_batch
 
     np.testing.assert_allclose(bias_update(jnp.asarray([0.5, 0.25, 0.25, 0.0]), 0.1), [-0.1, 0.0, 0.0, 0.1])
-    small = ["model.vocab_size=256", "model.d_model=32", "model.ffn_dim=64", "model.num_layers=2"]
-    cfg = resolve("tiny", [*small, "train.seq_len=32", "train.batch_size=8", "moe.balance=bias", "moe.bias_rate=0.01"])
+    overrides = [
+        "model.num_layers=2",
+        "train.seq_len=32",
+        "train.batch_size=8",
+        "moe.balance=bias",
+        "moe.bias_rate=0.01",
+    ]
+    cfg = resolve("tiny", [*SMALL_MODEL, *overrides])
     mesh = make_mesh(cfg)
     state = create_train_state(cfg, mesh)
-    assert state.params["blocks"]["moe_layer"]["ffn"]["router_bias"].shape == (1, 8)  # [P, E], zeros
-    batch = shard_batch(random_batch(8, 32, 256, 0), mesh)
+    assert moe_ffn_of(state.params)["router_bias"].shape == (1, 8)  # [P, E], zeros
+    batch = shard_batch(random_batch(8, 32, 128, 0), mesh)
     state, metrics = make_train_step(cfg, mesh)(state, batch)
     chosen = np.asarray(metrics["moe"]["expert_chosen"])  # [P, E]
     np.testing.assert_allclose(chosen.sum(-1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(
-        state.params["blocks"]["moe_layer"]["ffn"]["router_bias"], 0.01 * np.sign(1 / 8 - chosen)
-    )
+    np.testing.assert_allclose(moe_ffn_of(state.params)["router_bias"], 0.01 * np.sign(1 / 8 - chosen))
     total, activated = counting_rule(cfg)
     assert (model_size(cfg).params_total, model_size(cfg).params_activated) == (total, activated)
 
@@ -288,3 +292,48 @@ def test_a_group_size_that_does_not_divide_the_batch_routes_each_row_alone():
     y, _ = layer(x, train=False)
     alone, _ = layer(x[1:2], train=False)
     np.testing.assert_allclose(y[1:2], alone, atol=1e-6)
+
+
+def test_each_router_and_balancer_is_one_registered_object_that_everything_reads():
+    """The config's choices, the causal k (eval, decode, activated counts), the stats and `glam info`'s
+    layout all come from glam.model.moe.routers."""
+    from glam.cli.info import info
+    from glam.config import choices
+    from glam.model.moe.routers import BALANCERS, ROUTERS, STATS
+
+    assert choices(MoEConfig, "router") == tuple(ROUTERS) == ("token_choice", "expert_choice")
+    assert choices(MoEConfig, "balance") == tuple(BALANCERS) == ("aux_loss", "bias")
+    assert MoEConfig(num_experts=8, top_k=3).causal_top_k == 3
+    assert MoEConfig(num_experts=8, router="expert_choice", capacity_factor_train=2.6).causal_top_k == 3
+    assert (ROUTERS["token_choice"].renormalizes, ROUTERS["expert_choice"].renormalizes) == (True, False)
+    layouts = [info(resolve("tiny", o))["layout"][0]["ffn"] for o in ([], ["moe.router=expert_choice"])]
+    assert layouts == ["moe(8 experts, top-2)", "moe(8 experts, expert choice, cf 2; causal top-2)"]
+    x = jax.random.normal(jax.random.key(7), (G, S, M))
+    for layer in (_layer(balance="bias"), _expert_choice_layer()):
+        for train in (True, False):
+            _, stats = layer(x, train=train)
+            assert tuple(stats) == STATS + layer.balancer.stats, (layer.moe.router, train)
+    assert layer.router is ROUTERS["expert_choice"] and _layer(balance="bias").balancer is BALANCERS["bias"]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_bias_balancing_and_shared_experts_equal_their_loop_reference(train):
+    """A gated layer with a selection bias and 2 shared experts against reference.reference_layer, in
+    training (capacity cut), evaluation, and a decode step; the bias really changes the routing."""
+    from glam.model.moe.reference import reference_layer, reference_shared
+
+    layer = _layer(shared=2, activation="geglu", balance="bias", cf=1.0)
+    x = jax.random.normal(jax.random.key(8), (G, S, M))
+    unbiased, _ = layer(x, train=train)
+    layer.router_bias[...] = jnp.asarray([0.3, -0.2, 0.05, 0.0])
+    y, _ = layer(x, train=train)
+    np.testing.assert_allclose(y, reference_layer(layer, x, train=train), atol=1e-5)
+    assert np.abs(np.asarray(y - unbiased)).max() > 1e-2
+    w_gate = layer.w_shared_gate[...]
+    shared = reference_shared(x, layer.w_shared_in[...], layer.w_shared_out[...], 2, layer.activation, w_gate)
+    np.testing.assert_allclose(layer.shared(x), shared, atol=1e-5)
+    if not train:  # a decode step: nothing dropped, so the reference with room for every token
+        step, _ = layer(x.reshape(G * S, 1, M), train=False, decode=True)
+        roomy = _layer(shared=2, activation="geglu", balance="bias", cf=float(E))
+        nnx.update(roomy, nnx.state(layer))
+        np.testing.assert_allclose(step.reshape(G, S, M), reference_layer(roomy, x, train=False), atol=1e-5)

@@ -6,23 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small_runs import SMALL_MODEL
 
 from glam.config import resolve
+from glam.config.presets import PAPER_FIGURES, PAPER_PRESETS, PRESETS
 from glam.model.flops import counting_rule, model_size
 from glam.model.init import abstract_params, init_params
 from glam.model.losses import loss_fn
-from glam.presets import PAPER_FIGURES, PAPER_PRESETS, PRESETS
 
-SMALL = [
-    "model.d_model=32",
-    "model.num_heads=2",
-    "model.head_dim=16",
-    "model.ffn_dim=64",
-    "model.vocab_size=128",
-    "train.batch_size=2",
-    "train.seq_len=16",
-    "moe.capacity_factor_train=1.0",
-]
+SMALL = [*SMALL_MODEL, "train.batch_size=2", "train.seq_len=16", "moe.capacity_factor_train=1.0"]
 
 
 def batch(cfg, seed=0):
@@ -59,10 +51,18 @@ def test_scanned_equals_unrolled(preset, remat):
     jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, atol=2e-5), g1, g2)
 
 
-def test_initial_loss_near_uniform_and_aux_near_one():
+@pytest.fixture(scope="module")
+def small():
+    """The SMALL model, its parameters, a batch, and its training loss and metrics: computed once."""
     cfg = resolve("tiny", SMALL)
     params = init_params(cfg, jax.random.key(0))
-    loss, m = loss_fn(cfg, params, batch(cfg), train=True, rng=jax.random.key(1))
+    b = batch(cfg)
+    loss, m = loss_fn(cfg, params, b, train=True, rng=jax.random.key(1))
+    return cfg, params, b, loss, m
+
+
+def test_initial_loss_near_uniform_and_aux_near_one(small):
+    cfg, _, _, loss, m = small
     assert abs(float(m["ce_loss"]) - np.log(128)) < 1.0
     assert m["moe"]["expert_load"].shape == (cfg.num_pairs, cfg.moe.num_experts)
     # aux is summed over MoE layers, each ≈ 1 near balance; the loss adds 0.01 · aux
@@ -70,10 +70,9 @@ def test_initial_loss_near_uniform_and_aux_near_one():
     np.testing.assert_allclose(loss, m["ce_loss"] + 0.01 * m["aux_loss"], rtol=1e-6)
 
 
-def test_z_loss_and_loss_weights():
+def test_z_loss_and_loss_weights(small):
     cfg = resolve("tiny", SMALL + ["train.z_loss_weight=1e-4"])
-    params = init_params(cfg, jax.random.key(0))
-    b = batch(cfg)
+    _, params, b, _, _ = small  # the same shapes: the z-loss weight adds no parameter
     loss, m = loss_fn(cfg, params, b, train=True, rng=jax.random.key(1))
     np.testing.assert_allclose(loss, m["ce_loss"] + 0.01 * m["aux_loss"] + 1e-4 * m["z_loss"], rtol=1e-6)
     # Zero weight on a token removes it from the mean: change its target, the loss does not move.
@@ -86,12 +85,11 @@ def test_z_loss_and_loss_weights():
     )
 
 
-def test_bf16_activations_keep_router_and_loss_fp32():
+def test_bf16_activations_keep_router_and_loss_fp32(small):
     cfg = resolve("tiny", SMALL + ["model.activation_dtype=bfloat16"])
-    params = init_params(cfg, jax.random.key(0))
-    loss, m = loss_fn(cfg, params, batch(cfg), train=True, rng=jax.random.key(1))
+    _, params, b, ref, _ = small  # fp32 parameters either way; ref: the fp32 model's loss
+    loss, m = loss_fn(cfg, params, b, train=True, rng=jax.random.key(1))
     assert loss.dtype == jnp.float32 and m["aux_loss"].dtype == jnp.float32
-    ref = loss_fn(resolve("tiny", SMALL), params, batch(cfg), train=True, rng=jax.random.key(1))[0]
     np.testing.assert_allclose(loss, ref, rtol=2e-2)
 
 
@@ -100,8 +98,7 @@ def test_every_preset_shapes_and_counting_rule(preset):
     cfg = resolve(preset)
     shapes = abstract_params(cfg)
     size = model_size(cfg)
-    assert size.params_total == sum(x.size for x in jax.tree.leaves(shapes))
-    total, active = counting_rule(cfg)
+    total, active = counting_rule(cfg)  # the formula of reference doc §1, independent of the shapes
     assert (size.params_total, size.params_activated) == (total, active)
     if cfg.is_moe:
         w_in = shapes["blocks"]["moe_layer"]["ffn"]["w_in"]
@@ -135,3 +132,26 @@ def test_gated_experts_of_their_own_width_count_by_the_rule():
 def test_tiny_dense_matches_tiny_activated_params():
     a, b = model_size(resolve("tiny")), model_size(resolve("tiny-dense"))
     assert abs(a.params_activated - b.params_activated) / a.params_activated < 0.002
+
+
+def test_tiny_counts_and_flops_by_hand():
+    """tiny: V = 4096, M = 128, L = 4, 4 heads x 32, F = 768, E = 8, 32 position buckets, S = 128."""
+    size = model_size(resolve("tiny"))
+    embed, attention, norms = 4096 * 128, 4 * (4 * 128 * 128 + 4 * 32), 9 * 128
+    dense, expert, router = 2 * 3 * 128 * 768, 2 * 128 * 768, 128 * 8
+    assert size.params_total == embed + attention + norms + dense + 2 * (8 * expert + router) == 4_525_696
+    assert size.params_activated == embed + attention + norms + dense + 2 * (2 * expert + router) == 2_166_400
+    assert size.params_experts == 2 * 8 * expert
+    assert size.flops_per_token_train == 6 * 2_166_400 + 12 * 4 * 128 * 128
+    assert size.flops_per_token_inference == 2 * 2_166_400 + 4 * 4 * 128 * 128
+
+
+def test_stage_names_reach_the_compiled_hlo():
+    """jax.named_scope on the blocks and the MoE stages: an XLA or Perfetto profile names them."""
+    cfg = resolve("tiny", SMALL + ["model.num_layers=2"])
+    params = init_params(cfg, jax.random.key(0))
+    b = batch(cfg)
+    hlo = jax.jit(lambda p: loss_fn(cfg, p, b, train=True, rng=jax.random.key(1))[0]).lower(params).compile()
+    text = hlo.as_text()
+    for scope in ("moe_layer/moe/router", "dispatch", "experts", "combine", "dense_layer/ffn", "attention"):
+        assert f"/{scope}/" in text, scope

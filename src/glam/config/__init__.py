@@ -1,8 +1,9 @@
 """One typed, frozen, nested configuration for every glam job.
 
 ``glam.config.sections``: the sections (``model``, ``moe``, ``mesh``, ``data``, ``optim``, ``train``,
-``checkpoint``, ``eval``) and :class:`GLaMConfig`, each checked when built. ``glam.config.build``:
-a config from a preset, a YAML file and dotted ``key=value`` overrides. Both are re-exported here, the
+``checkpoint``, ``eval``) and :class:`GLaMConfig`, each checked when built. ``glam.config.presets``:
+the paper's Table 4 rows and the CPU presets. ``glam.config.build``: a config from a preset, a YAML
+file and dotted ``key=value`` overrides. Both are re-exported here, the
 public surface every caller imports (``from glam.config import GLaMConfig, resolve``).
 """
 

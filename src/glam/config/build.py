@@ -13,6 +13,7 @@ import typing
 import warnings
 from typing import Any, Literal
 
+from glam.config.presets import get_preset
 from glam.config.sections import GLaMConfig
 from glam.errors import ConfigError, GLaMWarning
 from glam.files import load_yaml_file, parse_yaml
@@ -185,8 +186,6 @@ def read_config_mapping(path: str, what: str = "config file") -> dict:
 
 def load_yaml(path: str, base: GLaMConfig | None = None) -> GLaMConfig:
     """Load a YAML config. It may name a ``preset:`` to start from; other keys override it."""
-    from glam.presets import get_preset
-
     values = read_config_mapping(path)
     preset = values.pop("preset", None)
     if preset is not None and not isinstance(preset, str):
@@ -197,8 +196,6 @@ def load_yaml(path: str, base: GLaMConfig | None = None) -> GLaMConfig:
 
 def resolve(spec: str | None, overrides: list[str] | tuple[str, ...] = ()) -> GLaMConfig:
     """A preset name or a YAML path, plus dotted overrides → a validated config."""
-    from glam.presets import get_preset
-
     if spec is None:
         cfg = get_preset("tiny")
     elif spec.endswith((".yaml", ".yml")):

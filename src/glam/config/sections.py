@@ -19,6 +19,11 @@ from typing import Any, Literal
 import yaml
 
 from glam.errors import ConfigError
+from glam.model.moe.routers import BALANCERS, ROUTERS
+
+# The routing variants' names come from their registry (glam.model.moe.routers), the one owner.
+ROUTER_NAMES = tuple(ROUTERS)
+BALANCER_NAMES = tuple(BALANCERS)
 
 
 def _check(cond: bool, field_name: str, message: str) -> None:
@@ -110,7 +115,7 @@ class MoEConfig:
     """
 
     num_experts: int = 64
-    router: Literal["token_choice", "expert_choice"] = "token_choice"
+    router: Literal[ROUTER_NAMES] = "token_choice"
     top_k: int = 2
     expert_choice_eval: Literal["causal", "group"] = "causal"
     capacity_factor_train: float = 2.0
@@ -125,7 +130,7 @@ class MoEConfig:
     expert_dim: int = 0  # expert hidden width F_e; 0 = model.ffn_dim
     router_z_loss: float = 0.0
     shared_experts: int = 0
-    balance: Literal["aux_loss", "bias"] = "aux_loss"
+    balance: Literal[BALANCER_NAMES] = "aux_loss"
     bias_rate: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -146,18 +151,20 @@ class MoEConfig:
             "moe.second_expert_policy",
             "'random' is GShard's rule for a second expert: it needs moe.top_k=2",
         )
+        router = ROUTERS[self.router]
         _check(
-            self.router == "token_choice" or self.second_expert_policy == "all",
+            router.second_choice or self.second_expert_policy == "all",
             "moe.second_expert_policy",
-            "'random' applies to token choice; expert choice has no second expert to drop",
+            f"'random' applies to token choice; {self.router} has no second expert to drop",
         )
         _check(self.router_z_loss >= 0, "moe.router_z_loss", "must be >= 0 (ST-MoE uses 1e-3)")
         _check(self.shared_experts >= 0, "moe.shared_experts", "must be >= 0")
         _check(self.bias_rate > 0, "moe.bias_rate", "must be > 0 (DeepSeek-V3 uses 1e-3)")
+        balancer = BALANCERS[self.balance]
         _check(
-            self.balance == "aux_loss" or self.router == "token_choice",
+            self.router in balancer.routers,
             "moe.balance",
-            "'bias' balances token choice; expert choice is balanced by construction",
+            f"{self.balance!r} balances {' and '.join(balancer.routers)}; {self.router} is balanced by construction",
         )
         for name, ok, rule in (
             ("capacity_factor_train", self.capacity_factor_train > 0, "must be > 0 (GLaM uses 2.0)"),
@@ -172,10 +179,9 @@ class MoEConfig:
 
     @property
     def causal_top_k(self) -> int:
-        """Experts per token when routing token by token: top_k, or round(cf) for an expert-choice model."""
-        if self.router == "expert_choice":
-            return max(1, min(round(self.capacity_factor_train), self.num_experts or 1))
-        return self.top_k
+        """Experts per token when routing token by token (evaluation, decoding; the activated count):
+        the router's rule (glam.model.moe.routers): top_k, or round(cf) for an expert-choice model."""
+        return ROUTERS[self.router].causal_k(self)
 
 
 @dataclass(frozen=True)

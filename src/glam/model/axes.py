@@ -2,7 +2,8 @@
 
 Legend (used in every einsum string and shape comment):
   B batch   T query length   S key/sequence length   M d_model   N heads   K head dim
-  F ffn hidden   E experts   C expert capacity   G routing groups   V vocabulary
+  F ffn hidden   E experts   J a token's top-k choices (moe.top_k)   C expert capacity
+  G routing groups   V vocabulary
   L layers   P (MoE, dense) pairs = L/2   R rows of an expert buffer (G·C slots, or sorted assignments)
 
 Logical names map to mesh axes in exactly one place: ``glam.sharding.rules.LOGICAL_RULES``.

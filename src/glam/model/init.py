@@ -96,7 +96,3 @@ def bind_pairs(cfg: GLaMConfig, pairs) -> tuple[PairBlock, ...]:
         nnx.replace_by_pure_dict(fresh, pair)
         blocks.append(nnx.merge(graphdef, fresh))
     return tuple(blocks)
-
-
-def count_params(cfg: GLaMConfig) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(abstract_params(cfg)))

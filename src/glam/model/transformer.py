@@ -48,15 +48,17 @@ class Layer(nnx.Module):
         self.is_moe = moe
 
     def __call__(self, x, positions, segment_ids, *, train, rng, cache=None, cache_index=None, decode=False):
-        h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_index)
+        with jax.named_scope("attention"):  # named scopes: profiles and HLO metadata read by stage
+            h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_index)
         x = constrain(x + h, ax.BSM)
-        h = self.ffn_norm(x)
         stats = {}
-        if self.is_moe:
-            h, stats = self.ffn(h, train=train, rng=rng, valid=segment_ids != 0, decode=decode)
-            h = checkpoint_name(h, "moe_out")
-        else:
-            h = self.ffn(h)
+        with jax.named_scope("moe" if self.is_moe else "ffn"):
+            h = self.ffn_norm(x)
+            if self.is_moe:
+                h, stats = self.ffn(h, train=train, rng=rng, valid=segment_ids != 0, decode=decode)
+                h = checkpoint_name(h, "moe_out")
+            else:
+                h = self.ffn(h)
         return constrain(x + h, ax.BSM), stats, cache
 
 
@@ -69,17 +71,21 @@ class PairBlock(nnx.Module):
 
     def __call__(self, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, decode=False):
         c0, c1 = (None, None) if caches is None else caches
-        x, stats, c0 = self.moe_layer(
-            x,
-            positions,
-            segment_ids,
-            train=train,
-            rng=rng,
-            cache=c0,
-            cache_index=cache_index,
-            decode=decode,
-        )
-        x, _, c1 = self.dense_layer(x, positions, segment_ids, train=train, rng=None, cache=c1, cache_index=cache_index)
+        with jax.named_scope("moe_layer"):
+            x, stats, c0 = self.moe_layer(
+                x,
+                positions,
+                segment_ids,
+                train=train,
+                rng=rng,
+                cache=c0,
+                cache_index=cache_index,
+                decode=decode,
+            )
+        with jax.named_scope("dense_layer"):
+            x, _, c1 = self.dense_layer(
+                x, positions, segment_ids, train=train, rng=None, cache=c1, cache_index=cache_index
+            )
         return x, stats, (None if caches is None else (c0, c1))
 
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from glam.config import GLaMConfig
+from glam.model.moe.layer import moe_ffn_of, with_moe_ffn
+from glam.model.moe.routers import BALANCERS
 
 
 def bias_update(load: jax.Array, rate: float) -> jax.Array:
@@ -25,11 +27,15 @@ def bias_update(load: jax.Array, rate: float) -> jax.Array:
     return rate * jnp.sign(1.0 / E - load)
 
 
-def with_bias_updates(cfg: GLaMConfig, updates: dict, moe_stats: dict) -> dict:
-    """``updates`` with the router bias's entry replaced by :func:`bias_update` (no-op unless balance=bias)."""
-    if not (cfg.is_moe and cfg.moe.balance == "bias"):
-        return updates
-    ffn = updates["blocks"]["moe_layer"]["ffn"]
+def replace_bias_update(cfg: GLaMConfig, updates: dict, moe_stats: dict) -> dict:
+    """``updates`` with the router bias's entry replaced by :func:`bias_update` (``routers.BiasBalancer``)."""
+    ffn = moe_ffn_of(updates)
     delta = bias_update(moe_stats["expert_chosen"], cfg.moe.bias_rate).astype(ffn["router_bias"].dtype)  # [P, E]
-    ffn = {**ffn, "router_bias": delta}
-    return {**updates, "blocks": {**updates["blocks"], "moe_layer": {**updates["blocks"]["moe_layer"], "ffn": ffn}}}
+    return with_moe_ffn(updates, {**ffn, "router_bias": delta})
+
+
+def with_bias_updates(cfg: GLaMConfig, updates: dict, moe_stats: dict) -> dict:
+    """``updates`` as the configured balancer applies them (unchanged unless ``moe.balance=bias``)."""
+    if not cfg.is_moe:
+        return updates
+    return BALANCERS[cfg.moe.balance].update(cfg, updates, moe_stats)

@@ -44,7 +44,7 @@ def topk_no_capacity(
     renormalize: bool = True,
     bias: jax.Array | None = None,  # [E], for choosing only (moe.balance=bias)
 ) -> tuple[jax.Array, jax.Array]:
-    """Router logits [T, E] → (expert [T, k] int32, gate [T, k] fp32), first choice first; gates
+    """Router logits [T, E] → (expert [T, J] int32, gate [T, J] fp32), J = k, first choice first; gates
     renormalised to sum to 1 for k >= 2 unless ``renormalize=False``."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     if bias is None:
@@ -59,18 +59,13 @@ def topk_no_capacity(
     return expert.astype(jnp.int32), gate
 
 
-def top2_no_capacity(logits: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """GShard's top-2 (:func:`topk_no_capacity` with k = 2)."""
-    return topk_no_capacity(logits, valid, 2)
-
-
 def _grouped(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) -> jax.Array:
     """Every expert on its own tokens, in a buffer [E, C, M] just big enough for this step."""
     T, M = x.shape
-    E, K = ffn.w_in.shape[0], expert.shape[-1]
+    E, J = ffn.w_in.shape[0], expert.shape[-1]
     dtype = x.dtype
-    e_a = expert.reshape(-1)  # [A = KT]: assignment a = Kt + k
-    t_a = jnp.arange(K * T, dtype=jnp.int32) // K
+    e_a = expert.reshape(-1)  # [A = JT]: assignment a = Jt + j
+    t_a = jnp.arange(J * T, dtype=jnp.int32) // J
     onehot = jax.nn.one_hot(e_a, E, dtype=jnp.int32)  # [A, E]
     slot_a = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # [A]: its place in its expert's buffer
     busiest = jnp.max(jnp.sum(onehot, axis=0))  # <= T: a token's k experts differ
@@ -85,7 +80,7 @@ def _grouped(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN) -
             xe = xz[table]  # [E, C, M]
             h = ffn.hidden(lambda w: jnp.einsum("ecm,emf->ecf", xe, w.astype(dtype)))
             ye = jnp.einsum("ecf,efm->ecm", h, ffn.w_out[...].astype(dtype))
-            return jnp.einsum("tkm,tk->tm", ye[e_a, slot_a].reshape(T, K, M), gate.astype(dtype))
+            return jnp.einsum("tjm,tj->tm", ye[e_a, slot_a].reshape(T, J, M), gate.astype(dtype))
 
         return branch
 
@@ -125,7 +120,7 @@ def decode_moe(
     renormalize: bool = True,  # False: the k probabilities as they are (expert-choice models)
     bias: jax.Array | None = None,  # [E] selection bias (moe.balance=bias)
 ) -> jax.Array:
-    """y [T, M] = Σ_k gate_k · expert_{e_k}(x) per token, with no capacity (see the module doc)."""
+    """y [T, M] = Σ_j gate_j · expert_{e_j}(x) per token, with no capacity (see the module doc)."""
     T, _ = x.shape
     E = w_router.shape[-1]
     logits = jnp.einsum("tm,me->te", x.astype(jnp.float32), w_router)

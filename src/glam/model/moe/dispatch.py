@@ -33,10 +33,13 @@ class ExpertFFN(Protocol):
     """What a dispatch needs from the MoE layer; :class:`glam.model.moe.layer.MoEFFN` provides it."""
 
     w_in: nnx.Param  # [E, M, F]
+    w_gate: nnx.Param  # [E, M, F], present only when ``gated``
     w_out: nnx.Param  # [E, F, M]
+    gated: bool  # gated experts (act(x W_gate) * x W_in)
 
-    def hidden(self, project) -> jax.Array:
-        """The experts' hidden layer from ``project(w [E, M, F])`` (ReLU, GELU, or gated GELU)."""
+    def hidden(self, project, w_in: jax.Array | None = None, w_gate: jax.Array | None = None) -> jax.Array:
+        """The experts' hidden layer from ``project(w [E, M, F])`` (ReLU, GELU, or gated GELU);
+        ``w_in``/``w_gate`` replace the layer's own weights (a ``shard_map`` body's local slices)."""
 
     def experts(self, xe: jax.Array) -> jax.Array:
         """Capacity buffers [E, G, C, M] → [E, G, C, M]: each expert's FFN on its buffer."""
@@ -45,44 +48,49 @@ class ExpertFFN(Protocol):
 def einsum_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, capacity: int) -> jax.Array:
     E, C = num_experts, capacity
     dtype = x.dtype
-    slot = (
-        jax.nn.one_hot(r.expert, E, dtype=dtype)[..., None] * jax.nn.one_hot(r.position, C, dtype=dtype)[..., None, :]
-    )
-    slot = slot * r.kept[..., None, None].astype(dtype)  # [G, S, K, E, C]
-    dispatch = jnp.sum(slot, axis=2)  # [G, S, E, C] 0/1
-    combine = jnp.einsum("gskec,gsk->gsec", slot, r.gate.astype(dtype))
-    xe = constrain(jnp.einsum("gsec,gsm->egcm", dispatch, x), ax.EGCM)
+    with jax.named_scope("dispatch"):
+        slot = (
+            jax.nn.one_hot(r.expert, E, dtype=dtype)[..., None]
+            * jax.nn.one_hot(r.position, C, dtype=dtype)[..., None, :]
+        )
+        slot = slot * r.kept[..., None, None].astype(dtype)  # [G, S, J, E, C]
+        dispatch = jnp.sum(slot, axis=2)  # [G, S, E, C] 0/1
+        xe = constrain(jnp.einsum("gsec,gsm->egcm", dispatch, x), ax.EGCM)
     ye = constrain(ffn.experts(xe), ax.EGCM)
-    return constrain(jnp.einsum("gsec,egcm->gsm", combine, ye), ax.GSM)
+    with jax.named_scope("combine"):
+        combine = jnp.einsum("gsjec,gsj->gsec", slot, r.gate.astype(dtype))
+        return constrain(jnp.einsum("gsec,egcm->gsm", combine, ye), ax.GSM)
 
 
 def _flat_slot(r: Routing, num_experts: int, capacity: int) -> jax.Array:
-    """[G, S, K] index into an expert buffer flattened to E·C slots; E·C (a sentinel) where dropped."""
+    """[G, S, J] index into an expert buffer flattened to E·C slots; E·C (a sentinel) where dropped."""
     return jnp.where(r.kept, r.expert * capacity + r.position, num_experts * capacity)
 
 
 def index_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int, capacity: int) -> jax.Array:
     G, S, M = x.shape
     E, C = num_experts, capacity
-    flat = _flat_slot(r, E, C)  # [G, S, K]
-    # token_of_slot[g, e·C + c] = the token in that slot, or S (a zero row) when the slot is empty
-    tokens = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32)[None, :, None], flat.shape)
-    token_of_slot = jnp.full((G, E * C + 1), S, jnp.int32)
-    token_of_slot = token_of_slot.at[jnp.arange(G)[:, None, None], flat].set(tokens)[:, : E * C]
-    x_pad = jnp.concatenate([x, jnp.zeros((G, 1, M), x.dtype)], axis=1)  # [G, S+1, M]
-    xe = jnp.take_along_axis(x_pad, token_of_slot[..., None], axis=1)  # [G, E·C, M], a gather within each group
-    # kept group-sharded until the transpose, so the gather stays local and only the transpose moves
-    # tokens (an all-to-all); unconstrained, XLA all-gathers every group's tokens instead
-    xe = constrain(xe.reshape(G, E, C, M), ax.GECM)
-    xe = constrain(jnp.transpose(xe, (1, 0, 2, 3)), ax.EGCM)  # all-to-all
+    with jax.named_scope("dispatch"):
+        flat = _flat_slot(r, E, C)  # [G, S, J]
+        # token_of_slot[g, e·C + c] = the token in that slot, or S (a zero row) when the slot is empty
+        tokens = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32)[None, :, None], flat.shape)
+        token_of_slot = jnp.full((G, E * C + 1), S, jnp.int32)
+        token_of_slot = token_of_slot.at[jnp.arange(G)[:, None, None], flat].set(tokens)[:, : E * C]
+        x_pad = jnp.concatenate([x, jnp.zeros((G, 1, M), x.dtype)], axis=1)  # [G, S+1, M]
+        xe = jnp.take_along_axis(x_pad, token_of_slot[..., None], axis=1)  # [G, E·C, M], a gather within each group
+        # kept group-sharded until the transpose, so the gather stays local and only the transpose moves
+        # tokens (an all-to-all); unconstrained, XLA all-gathers every group's tokens instead
+        xe = constrain(xe.reshape(G, E, C, M), ax.GECM)
+        xe = constrain(jnp.transpose(xe, (1, 0, 2, 3)), ax.EGCM)  # all-to-all
     ye = constrain(ffn.experts(xe), ax.EGCM)
-    ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM).reshape(G, E * C, M)  # all-to-all back
-    ye_pad = jnp.concatenate([ye, jnp.zeros((G, 1, M), ye.dtype)], axis=1)  # [G, E·C+1, M]
-    y = jnp.zeros_like(x)
-    for k in range(r.expert.shape[-1]):
-        picked = jnp.take_along_axis(ye_pad, flat[..., k, None], axis=1)  # [G, S, M]
-        y = y + r.gate[..., k, None].astype(x.dtype) * picked
-    return constrain(y, ax.GSM)
+    with jax.named_scope("combine"):
+        ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM).reshape(G, E * C, M)  # all-to-all back
+        ye_pad = jnp.concatenate([ye, jnp.zeros((G, 1, M), ye.dtype)], axis=1)  # [G, E·C+1, M]
+        y = jnp.zeros_like(x)
+        for j in range(r.expert.shape[-1]):
+            picked = jnp.take_along_axis(ye_pad, flat[..., j, None], axis=1)  # [G, S, M]
+            y = y + r.gate[..., j, None].astype(x.dtype) * picked
+        return constrain(y, ax.GSM)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +112,7 @@ def grouped_matmul_impl() -> str:
 class SortedPlan(NamedTuple):
     """Assignments sorted by expert into blocks of ``rows`` rows, each block owned by one expert.
 
-    ``src[i]``: the flat assignment (token·K + k) in padded row i, or A (a zero row) for padding;
+    ``src[i]``: the flat assignment (token·J + j) in padded row i, or A (a zero row) for padding;
     ``dst[a]``: the padded row of assignment a, or nb·rows (a zero row) if the policy dropped it;
     ``block_expert [nb]``, ``block_used [nb]``; ``group_sizes [E]`` assignments per expert.
     """
@@ -142,11 +150,11 @@ def sort_by_expert(expert: jax.Array, num_experts: int, rows: int) -> SortedPlan
 
 @jax.custom_vjp
 def block_matmul(xb: jax.Array, w: jax.Array, block_expert: jax.Array, block_used: jax.Array) -> jax.Array:
-    """``xb [nb, b, K] @ w[block_expert] [nb, K, N] → [nb, b, N]``; unused blocks give zeros.
+    """``xb [nb, b, in] @ w[block_expert] [nb, in, out] → [nb, b, out]``; unused blocks give zeros.
 
-    A scan over blocks, so no [nb, K, N] copy of the weights is ever made; the custom VJP adds each
+    A scan over blocks, so no [nb, in, out] copy of the weights is ever made; the custom VJP adds each
     block's weight gradient into its expert's slice in place (differentiating the indexing would add
-    a full [E, K, N] tensor per block).
+    a full [E, in, out] tensor per block).
     """
 
     def body(_, xs):
@@ -212,15 +220,17 @@ def dropless_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int
     travel to their expert's data shard (``dropless_exchange``); on one device they stay.
     """
     G, S, M = x.shape
-    K, E = r.expert.shape[-1], num_experts
-    expert = jnp.where(r.kept, r.expert, E)  # [G, S, K]
+    J, E = r.expert.shape[-1], num_experts
+    expert = jnp.where(r.kept, r.expert, E)  # [G, S, J]
     mesh = active_mesh()
     if mesh is not None and mesh.size > 1:
         return dropless_exchange(x, expert, r.gate, ffn, E, mesh)
     x_pad = jnp.concatenate([x.reshape(G * S, M), jnp.zeros((1, M), x.dtype)])  # [G·S+1, M], last row zero
-    token = jnp.arange(G * S * K, dtype=jnp.int32) // K  # assignment a = token·K + k
-    y_assign = grouped_ffn(x_pad, token, expert.reshape(-1), E, ffn.hidden, ffn.w_out[...])
-    return jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G, S, K, M), r.gate.astype(x.dtype))
+    token = jnp.arange(G * S * J, dtype=jnp.int32) // J  # assignment a = token·J + j
+    with jax.named_scope("experts"):  # the dispatch (a sort) and the experts' grouped matmul
+        y_assign = grouped_ffn(x_pad, token, expert.reshape(-1), E, ffn.hidden, ffn.w_out[...])
+    with jax.named_scope("combine"):
+        return jnp.einsum("gsjm,gsj->gsm", y_assign.reshape(G, S, J, M), r.gate.astype(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +241,7 @@ def dropless_dispatch(x: jax.Array, r: Routing, ffn: ExpertFFN, num_experts: int
 def dropless_exchange(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: ExpertFFN, num_experts: int, mesh):
     """Dropless dispatch under ``mesh``: groups sharded over data, experts over ``data`` (rules table).
 
-    Inside ``shard_map`` each device holds G/D groups (A = G/D · S · K assignments) and E/n experts,
+    Inside ``shard_map`` each device holds G/D groups (A = G/D · S · J assignments) and E/n experts,
     n = the ``data`` axis size. It sends each of the n shards a buffer of exactly A rows: the exact
     worst case (every local assignment may pick an expert on one shard), so nothing is ever dropped
     and no count can overflow; the price is an n·A-row receive buffer, of which A rows per device are
@@ -242,14 +252,14 @@ def dropless_exchange(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: Exp
     """
     x_axes, n, model = _exchange_axes(x.shape[0], num_experts, ffn, mesh)
     E_l = num_experts // n
-    gated = getattr(ffn, "gated", False)
+    gated = ffn.gated
     w = (ffn.w_in[...], ffn.w_gate[...] if gated else ffn.w_in[...], ffn.w_out[...])
     w_spec = (P("data", None, model), P("data", None, model), P("data", model, None))
 
     def body(x, expert, gate, w_in, w_gate, w_out):
         G_l, S, M = x.shape
-        K = expert.shape[-1]
-        A = G_l * S * K
+        J = expert.shape[-1]
+        A = G_l * S * J
         flat = expert.reshape(A)  # [A] global expert, E = not computed
         dest = flat // E_l  # [A] destination shard, n = none
         order = jnp.argsort(dest, stable=True).astype(jnp.int32)
@@ -261,7 +271,7 @@ def dropless_exchange(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: Exp
         src = jnp.full((n * A + 1,), A, jnp.int32).at[slot_sorted].set(order)[: n * A]  # assignment per slot
         slot = jnp.zeros((A,), jnp.int32).at[order].set(slot_sorted)  # slot per assignment, n·A if none
         x_pad = jnp.concatenate([x.reshape(G_l * S, M), jnp.zeros((1, M), x.dtype)])
-        send_x = x_pad[jnp.where(src < A, src // K, G_l * S)]  # [n·A, M]: A rows for each shard
+        send_x = x_pad[jnp.where(src < A, src // J, G_l * S)]  # [n·A, M]: A rows for each shard
         send_e = jnp.where(src < A, jnp.concatenate([flat, jnp.array([0], flat.dtype)])[src] % E_l, E_l)
         recv_x = jax.lax.all_to_all(send_x, "data", 0, 0, tiled=True)  # row block s came from shard s
         recv_e = jax.lax.all_to_all(send_e, "data", 0, 0, tiled=True)  # local expert, E_l = empty
@@ -276,7 +286,7 @@ def dropless_exchange(x: jax.Array, expert: jax.Array, gate: jax.Array, ffn: Exp
             y_rows = jax.lax.psum(y_rows, model)
         back = jax.lax.all_to_all(y_rows, "data", 0, 0, tiled=True)  # [n·A, M] in this shard's slots
         y_assign = jnp.concatenate([back, jnp.zeros((1, M), x.dtype)])[slot]  # [A, M]
-        return jnp.einsum("gskm,gsk->gsm", y_assign.reshape(G_l, S, K, M), gate.astype(x.dtype))
+        return jnp.einsum("gsjm,gsj->gsm", y_assign.reshape(G_l, S, J, M), gate.astype(x.dtype))
 
     g_spec = P(x_axes)
     # check_vma=False: block_matmul's lax.cond pairs a device-varying product with unvarying zeros
@@ -320,13 +330,15 @@ def expert_choice_dispatch(x: jax.Array, plan, ffn: ExpertFFN) -> jax.Array:
     The transposes [G, E, C, M] ↔ [E, G, C, M] are the same all-to-all exchanges as the index path.
     """
     G, S, M = x.shape
-    xe = jnp.take_along_axis(x[:, None], plan.token[..., None], axis=2)  # [G, E, C, M]
-    xe = constrain(jnp.transpose(xe, (1, 0, 2, 3)), ax.EGCM)
+    with jax.named_scope("dispatch"):
+        xe = jnp.take_along_axis(x[:, None], plan.token[..., None], axis=2)  # [G, E, C, M]
+        xe = constrain(jnp.transpose(xe, (1, 0, 2, 3)), ax.EGCM)
     ye = constrain(ffn.experts(xe), ax.EGCM)
-    ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM)  # [G, E, C, M]
-    weighted = plan.gate[..., None].astype(x.dtype) * ye
-    y = jnp.zeros_like(x).at[jnp.arange(G)[:, None, None], plan.token].add(weighted)
-    return constrain(y, ax.GSM)
+    with jax.named_scope("combine"):
+        ye = constrain(jnp.transpose(ye, (1, 0, 2, 3)), ax.GECM)  # [G, E, C, M]
+        weighted = plan.gate[..., None].astype(x.dtype) * ye
+        y = jnp.zeros_like(x).at[jnp.arange(G)[:, None, None], plan.token].add(weighted)
+        return constrain(y, ax.GSM)
 
 
 DISPATCH = {"einsum": einsum_dispatch, "index": index_dispatch, "dropless": dropless_dispatch}

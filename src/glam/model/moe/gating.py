@@ -16,14 +16,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from glam.model.moe.routers import STATS
+
 
 class Routing(NamedTuple):
     """The routing plan of G groups of S tokens over E experts with capacity C (index j = choice j + 1)."""
 
-    expert: jax.Array  # [G, S, K] int32
-    position: jax.Array  # [G, S, K] int32, slot in the expert's buffer (meaningful where kept)
-    gate: jax.Array  # [G, S, K] fp32, renormalised before the cut, 0 where dropped, never re-renormalised
-    kept: jax.Array  # [G, S, K] bool
+    expert: jax.Array  # [G, S, J] int32
+    position: jax.Array  # [G, S, J] int32, slot in the expert's buffer (meaningful where kept)
+    gate: jax.Array  # [G, S, J] fp32, renormalised before the cut, 0 where dropped, never re-renormalised
+    kept: jax.Array  # [G, S, J] bool
     aux_loss: jax.Array  # scalar: E² · mean_e(f_e · P_e), averaged over groups
     stats: dict  # routing statistics (see ``routing_stats``)
 
@@ -110,44 +112,42 @@ def topk_gating(
         aux_loss=aux_loss,
         stats={},
     )
-    wanted_later = jnp.stack([jnp.sum(m, axis=-1) > 0 for m in masks[1:]], axis=-1) if k > 1 else None
-    stats = routing_stats(routing, gates, wanted_later, valid, E)
+    valid_f = jnp.ones((G, S), jnp.float32) if valid is None else valid.astype(jnp.float32)
+    n_tokens = jnp.maximum(jnp.sum(valid_f), 1.0)
+    wanted_later = sum(jnp.sum(m) for m in masks[1:]) if k > 1 else 0.0  # later choices the policy asked for
+    load = sum(jnp.sum(m * kept_j[..., None], axis=(0, 1)) for m, kept_j in zip(masks, kept))  # [E]
+    stats = routing_stats(
+        gates,
+        valid_f,
+        load,
+        aux_loss=aux_loss,
+        dropped_first=1.0 - jnp.sum(kept[0]) / n_tokens,
+        # with k > 2: all choices after the first
+        dropped_second=1.0 - sum(jnp.sum(c) for c in kept[1:]) / jnp.maximum(wanted_later, 1) if k > 1 else 0.0,
+    )
     if bias is not None:  # the load the bias balances: choices before the capacity cut
         chosen = sum(jnp.sum(m, axis=(0, 1)) for m in masks)
         stats["expert_chosen"] = chosen / jnp.maximum(jnp.sum(chosen), 1.0)
     return routing._replace(stats=stats)
 
 
-def top2_gating(logits: jax.Array, capacity: int, **kwargs) -> Routing:
-    """GShard's top-2 gating (:func:`topk_gating` with k = 2)."""
-    return topk_gating(logits, capacity, k=2, **kwargs)
-
-
 def routing_stats(
-    r: Routing, gates: jax.Array, wanted_later: jax.Array | None, valid: jax.Array | None, E: int
+    gates: jax.Array, valid: jax.Array, load: jax.Array, *, aux_loss, dropped_first, dropped_second
 ) -> dict:
-    """Per-layer statistics: dropped fractions (first choices; all later ones), expert load, gate entropy,
-    unused experts. ``wanted_later [G, S, k−1]``: which later choices the policy asked for (None for k = 1)."""
-    valid = jnp.ones(gates.shape[:2], bool) if valid is None else valid
-    n_tokens = jnp.maximum(jnp.sum(valid), 1)
-    drop1 = 1.0 - jnp.sum(r.kept[..., 0]) / n_tokens
-    if wanted_later is None:
-        drop2 = jnp.zeros((), jnp.float32)
-    else:
-        drop2 = 1.0 - jnp.sum(r.kept[..., 1:]) / jnp.maximum(jnp.sum(wanted_later), 1)
-    load = jnp.zeros((E,), jnp.float32)
-    for k in range(r.expert.shape[-1]):
-        load = load + jnp.sum(jax.nn.one_hot(r.expert[..., k], E) * r.kept[..., k, None], axis=(0, 1))
-    load_frac = load / jnp.maximum(jnp.sum(load), 1.0)
+    """The statistics every router reports (``routers.STATS``), from softmax ``gates [G, S, E]``, real
+    tokens ``valid [G, S]`` (float) and the kept assignments per expert ``load [E]``: the aux loss, the
+    fractions dropped (first choices; all later ones), each expert's share of the load, the mean gate
+    entropy and the number of unused experts."""
     entropy = -jnp.sum(gates * jnp.log(jnp.maximum(gates, 1e-30)), axis=-1)
-    return {
-        "aux_loss": r.aux_loss,
-        "dropped_first": drop1,
-        "dropped_second": drop2,  # with k > 2: all choices after the first
-        "expert_load": load_frac,  # [E] fraction of kept assignments per expert
-        "gate_entropy": jnp.sum(entropy * valid) / n_tokens,
-        "unused_experts": jnp.sum(load == 0).astype(jnp.float32),
-    }
+    values = (
+        aux_loss,
+        dropped_first,
+        dropped_second,
+        load / jnp.maximum(jnp.sum(load), 1.0),
+        jnp.sum(entropy * valid) / jnp.maximum(jnp.sum(valid), 1.0),
+        jnp.sum(load == 0).astype(jnp.float32),
+    )
+    return {name: jnp.asarray(v, jnp.float32) for name, v in zip(STATS, values, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -184,15 +184,12 @@ def expert_choice_gating(
     picked = (gate > 0).astype(jnp.float32)
     times = jnp.zeros((G, S), jnp.float32).at[jnp.arange(G)[:, None, None], token].add(picked)  # experts per token
     valid_f = jnp.ones((G, S), jnp.float32) if valid is None else valid.astype(jnp.float32)
-    n_tokens = jnp.maximum(jnp.sum(valid_f), 1.0)
-    load = jnp.sum(picked, axis=(0, 2))  # [E]
-    entropy = -jnp.sum(gates * jnp.log(jnp.maximum(gates, 1e-30)), axis=-1)
-    stats = {
-        "aux_loss": jnp.zeros((), jnp.float32),
-        "dropped_first": jnp.sum((times == 0) * valid_f) / n_tokens,  # tokens no expert took
-        "dropped_second": jnp.zeros((), jnp.float32),
-        "expert_load": load / jnp.maximum(jnp.sum(load), 1.0),
-        "gate_entropy": jnp.sum(entropy * valid_f) / n_tokens,
-        "unused_experts": jnp.sum(load == 0).astype(jnp.float32),
-    }
+    stats = routing_stats(
+        gates,
+        valid_f,
+        jnp.sum(picked, axis=(0, 2)),
+        aux_loss=0.0,  # balanced by construction
+        dropped_first=jnp.sum((times == 0) * valid_f) / jnp.maximum(jnp.sum(valid_f), 1.0),  # tokens no expert took
+        dropped_second=0.0,
+    )
     return ExpertChoice(token.astype(jnp.int32), gate, stats)

@@ -6,9 +6,10 @@ FFN's form, ``(gelu(x W_gate[e]) * x W_in[e]) W_out[e]`` with a third weight W_g
 form sparse upcycling copies from a dense FFN). The expert width F is ``moe.expert_dim`` (0: the
 dense FFN's ``model.ffn_dim``). The router W_g [M, E] is replicated and runs in fp32.
 
-Variants (config ``moe.*``): ``top_k`` experts per token (gating.topk_gating; 2 = GShard);
-``router=expert_choice`` (gating.expert_choice_gating and dispatch.expert_choice_dispatch while
-training; evaluation and decoding route causally, token by token: config.MoEConfig);
+Variants (config ``moe.*``), each one registered object in ``routers.py``: ``top_k`` experts per
+token (gating.topk_gating; 2 = GShard); ``router=expert_choice`` (gating.expert_choice_gating and
+dispatch.expert_choice_dispatch while training; evaluation and decoding route causally, token by
+token); ``balance=bias`` (a selection bias moved by ``balance.py``);
 ``router_z_loss`` adds ST-MoE's mean(logsumexp(router logits)²) over real tokens to the statistics
 (the loss weighs it); ``shared_experts = N`` adds N always-on experts of the expert form, stored as
 one FFN of width N·F (the sum of N FFNs of one form is that FFN, exactly) with the dense FFN's axes.
@@ -22,34 +23,53 @@ from flax import nnx
 
 from glam.config import ModelConfig, MoEConfig
 from glam.model import axes as ax
+from glam.model.ffn import feed_forward, gelu, hidden
 from glam.model.layers import param, uniform_fan_in
 from glam.model.moe.decode import decode_moe
-from glam.model.moe.dispatch import DISPATCH, expert_choice_dispatch
 from glam.model.moe.gating import capacity as capacity_for
-from glam.model.moe.gating import expert_choice_gating, topk_gating
+from glam.model.moe.routers import BALANCERS, ROUTERS
 from glam.sharding.rules import constrain
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=True)
-
 
 #: expert forms: name → (activation, gated). Gated forms multiply act(x W_gate) into x W_in.
 EXPERT_FORMS = {"relu": (jax.nn.relu, False), "gelu": (gelu, False), "geglu": (gelu, True)}
-ACTIVATIONS = {name: act for name, (act, _) in EXPERT_FORMS.items()}
+
+#: where each pair's MoE FFN sits in the model's parameter tree (and in any tree of the same shape:
+#: gradients, optimizer updates)
+MOE_FFN_PATH = ("blocks", "moe_layer", "ffn")
+
+
+def moe_ffn_of(tree):
+    """The MoE FFN's subtree of a parameter-shaped tree (leaves stacked over pairs [P, ...])."""
+    for key in MOE_FFN_PATH:
+        tree = tree[key]
+    return tree
+
+
+def with_moe_ffn(tree: dict, ffn) -> dict:
+    """A copy of the parameter-shaped ``tree`` whose MoE FFN subtree is ``ffn`` (the rest shared)."""
+
+    def put(node: dict, path: tuple[str, ...]) -> dict:
+        head, *rest = path
+        return {**node, head: put(node[head], tuple(rest)) if rest else ffn}
+
+    return put(tree, MOE_FFN_PATH)
 
 
 class MoEFFN(nnx.Module):
+    """The MoE layer (module doc). Parameter names and shapes are the checkpoint's contract."""
+
     def __init__(self, cfg: ModelConfig, moe: MoEConfig, *, rngs: nnx.Rngs):
         M, F, E = cfg.d_model, moe.expert_dim or cfg.ffn_dim, moe.num_experts
         self.moe = moe
+        self.router = ROUTERS[moe.router]
+        self.balancer = BALANCERS[moe.balance]
         self.activation, self.gated = EXPERT_FORMS[cfg.expert_activation]
         self.w_router = param(rngs, uniform_fan_in(M), (M, E), ("router_embed", "router_expert"))
         if self.gated:
             self.w_gate = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_in = param(rngs, uniform_fan_in(M), (E, M, F), ("expert", "expert_embed", "expert_mlp"))
         self.w_out = param(rngs, uniform_fan_in(F), (E, F, M), ("expert", "expert_mlp", "expert_embed"))
-        if moe.balance == "bias":  # moved by glam.model.moe.balance, not by the optimizer
+        if self.balancer.bias:  # moved by the balancer after each step, not by the optimizer
             self.router_bias = param(rngs, lambda key, shape, dtype: jnp.zeros(shape, dtype), (E,), ("router_expert",))
         if moe.shared_experts:
             Fs = moe.shared_experts * F
@@ -60,29 +80,20 @@ class MoEFFN(nnx.Module):
 
     def hidden(self, project, w_in: jax.Array | None = None, w_gate: jax.Array | None = None) -> jax.Array:
         """The experts' hidden activations, given ``project(w [E, M, F])`` = the inputs times w in any
-        layout (capacity buffers, sorted rows): ``act(project(W_in))``, or for gated experts
-        ``act(project(W_gate)) * project(W_in)``. ``w_in``/``w_gate`` default to the layer's own; a
-        ``shard_map`` body passes its local slices [E/data, M, F/model] instead."""
-        h = project(self.w_in[...] if w_in is None else w_in)
-        if self.gated:
-            return self.activation(project(self.w_gate[...] if w_gate is None else w_gate)) * h
-        return self.activation(h)
-
-    def bias(self) -> jax.Array | None:
-        """The selection bias of ``moe.balance=bias`` (None otherwise)."""
-        return self.router_bias[...] if self.moe.balance == "bias" else None
+        layout (capacity buffers, sorted rows): :func:`glam.model.ffn.hidden` of the expert form.
+        ``w_in``/``w_gate`` default to the layer's own; a ``shard_map`` body passes its local slices
+        [E/data, M, F/model] instead."""
+        w_in = self.w_in[...] if w_in is None else w_in
+        if self.gated and w_gate is None:
+            w_gate = self.w_gate[...]
+        return hidden(project, self.activation, w_in, w_gate if self.gated else None)
 
     def shared(self, x: jax.Array) -> jax.Array:
         """[..., M] → [..., M]: the always-on shared experts (0 when there are none)."""
         if not self.moe.shared_experts:
             return jnp.zeros_like(x)
-        dtype = x.dtype
-        h = jnp.einsum("...m,mf->...f", x, self.w_shared_in[...].astype(dtype))
-        if self.gated:
-            h = self.activation(jnp.einsum("...m,mf->...f", x, self.w_shared_gate[...].astype(dtype))) * h
-        else:
-            h = self.activation(h)
-        return jnp.einsum("...f,fm->...m", h, self.w_shared_out[...].astype(dtype))
+        w_gate = self.w_shared_gate[...] if self.gated else None
+        return feed_forward(x, self.w_shared_in[...], self.w_shared_out[...], self.activation, w_gate)
 
     def experts(self, xe: jax.Array) -> jax.Array:
         """[E, G, C, M] → [E, G, C, M]: each expert's FFN on its buffer.
@@ -94,9 +105,10 @@ class MoEFFN(nnx.Module):
         E, G, C, M = xe.shape
         dtype = xe.dtype
         rows = xe.reshape(E, G * C, M)
-        h = self.hidden(lambda w: jnp.einsum("erm,emf->erf", rows, w.astype(dtype)))
-        h = constrain(h, ax.ERF)
-        return jnp.einsum("erf,efm->erm", h, self.w_out[...].astype(dtype)).reshape(E, G, C, M)
+        with jax.named_scope("experts"):
+            h = self.hidden(lambda w: jnp.einsum("erm,emf->erf", rows, w.astype(dtype)))
+            h = constrain(h, ax.ERF)
+            return jnp.einsum("erf,efm->erm", h, self.w_out[...].astype(dtype)).reshape(E, G, C, M)
 
     def __call__(
         self,
@@ -111,8 +123,9 @@ class MoEFFN(nnx.Module):
         if decode:  # (moe/decode.py); no routing statistics
             flat = x.reshape(B * S, M)
             mask = None if valid is None else valid.reshape(-1)
-            k, renormalize = self.moe.causal_top_k, self.moe.router == "token_choice"
-            y = decode_moe(flat, self.w_router[...], self, mask, k=k, renormalize=renormalize, bias=self.bias())
+            k = self.router.causal_k(self.moe)
+            bias = self.balancer.selection_bias(self)
+            y = decode_moe(flat, self.w_router[...], self, mask, k=k, renormalize=self.router.renormalizes, bias=bias)
             if self.moe.shared_experts:
                 y = y + self.shared(flat)
             return constrain(y.reshape(B, S, M), ax.BSM), {}
@@ -121,33 +134,19 @@ class MoEFFN(nnx.Module):
         G = (B * S) // group_size
         xg = constrain(x.reshape(G, group_size, M), ax.GSM)  # [G, S_g, M]
         factor = self.moe.capacity_factor_train if train else self.moe.capacity_factor_eval
-        if self.moe.dispatch == "dropless" or (not train and self.moe.eval_no_drop):
-            C = group_size  # an expert receives at most one assignment per token: nothing is dropped
-        else:
-            C = capacity_for(group_size, E, factor, self.moe.capacity_multiple)
-        logits = jnp.einsum("gsm,me->gse", xg.astype(jnp.float32), self.w_router[...])
+        group_capacity = capacity_for(group_size, E, factor, self.moe.capacity_multiple)
+        no_drop = self.moe.dispatch == "dropless" or (not train and self.moe.eval_no_drop)
+        # dropless: an expert receives at most one assignment per token, so C = S_g drops nothing
+        C = group_size if no_drop else group_capacity
+        with jax.named_scope("router"):
+            logits = jnp.einsum("gsm,me->gse", xg.astype(jnp.float32), self.w_router[...])
         valid_g = None if valid is None else valid.reshape(G, group_size)
-        expert_choice = self.moe.router == "expert_choice"
-        if expert_choice and (train or self.moe.expert_choice_eval == "group"):
-            plan = expert_choice_gating(
-                logits, capacity_for(group_size, E, factor, self.moe.capacity_multiple), valid_g
-            )
-            y, stats = expert_choice_dispatch(xg, plan, self), plan.stats
-        else:  # token choice; for an expert-choice model its causal rule (config.MoEConfig.causal_top_k)
-            routing = topk_gating(
-                logits,
-                C,
-                k=self.moe.causal_top_k,
-                renormalize=not expert_choice,
-                bias=self.bias(),
-                second_policy=self.moe.second_expert_policy if train else "all",
-                second_threshold=self.moe.second_expert_threshold,
-                rng=rng,
-                valid=valid_g,
-            )
-            y, stats = DISPATCH[self.moe.dispatch](xg, routing, self, E, C), routing.stats
+        y, stats = self.router.route(
+            self, xg, logits, valid_g, train=train, rng=rng, capacity=C, group_capacity=group_capacity
+        )
         if self.moe.shared_experts:
-            y = y + self.shared(xg)
+            with jax.named_scope("shared_experts"):
+                y = y + self.shared(xg)
         if self.moe.router_z_loss:
             stats = {**stats, "router_z_loss": router_z_loss(logits, valid_g)}
         return constrain(y.reshape(B, S, M), ax.BSM), stats
