@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from glam.config import GLaMConfig, resolve
+from glam.config.presets import PAPER_FIGURES
 from glam.model.flops import model_size
-from glam.presets import PAPER_FIGURES
+from glam.model.moe.routers import BALANCERS, ROUTERS
 
 
 def _every(start: int, stride: int, stop: int) -> str:
@@ -29,9 +30,12 @@ def info(cfg: GLaMConfig) -> dict:
     L, E = m.num_layers, cfg.moe.num_experts
     # One entry per kind of layer (not per layer: L may be anything the config accepts).
     if cfg.is_moe:
+        routing = ROUTERS[cfg.moe.router].label(cfg.moe)
+        if BALANCERS[cfg.moe.balance].bias:
+            routing += ", bias-balanced"
         shared = f", +{cfg.moe.shared_experts} shared" if cfg.moe.shared_experts else ""
         layout = [
-            {"layers": _every(0, 2, L), "count": L // 2, "ffn": f"moe({E} experts, top-{cfg.moe.top_k}{shared})"},
+            {"layers": _every(0, 2, L), "count": L // 2, "ffn": f"moe({E} experts, {routing}{shared})"},
             {"layers": _every(1, 2, L), "count": L // 2, "ffn": "dense gated-GELU"},
         ]
     else:
@@ -56,6 +60,8 @@ def info(cfg: GLaMConfig) -> dict:
         "num_heads": m.num_heads,
         "head_dim": m.head_dim,
         "num_experts": cfg.moe.num_experts,
+        "router": {"name": cfg.moe.router, "trains": ROUTERS[cfg.moe.router].trains} if cfg.is_moe else None,
+        "balance": {"name": cfg.moe.balance, "trains": BALANCERS[cfg.moe.balance].trains} if cfg.is_moe else None,
         "train.seq_len": cfg.train.seq_len,  # S of the training rows (and of the FLOPs below)
         "model.max_seq_len": m.max_seq_len,  # the longest input scoring and generation take (longer: cut)
         "flops_per_token_train": size.flops_per_token_train,
