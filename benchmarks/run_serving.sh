@@ -11,7 +11,7 @@
 #    server at a time, Poisson arrivals at RATES (requests/s, inf = a burst), REQUESTS per rate;
 # 4. guidellm (a load generator nobody here wrote) against `glam serve` (tiny, continuous), Poisson at
 #    GUIDELLM_RATE, its lengths drawn normal with serve_load's means and standard deviations, clipped to the
-#    same ranges (guidellm has no log-uniform).
+#    same ranges (guidellm has no log-uniform), after an untimed synchronous guidellm pass of the same requests.
 # uptime before and after. Time: the target is <= 20 min alone on the 2-core CPU; most of it is the four glam
 # servers' --warmup compiles (366 s each at load 13 beside other jobs) and the rates' arrival spans
 # (REQUESTS/rate seconds each). A smoke run beside other jobs (load 12-15), checkpoints reused,
@@ -66,14 +66,17 @@ if [ -x "$HF_BIN/guidellm" ]; then
     kill -0 "$server" 2>/dev/null || { echo "glam serve exited: $OUT/logs/guidellm_server.log"; exit 1; }
     sleep 1
   done
-  "$HF_BIN/guidellm" run \
-    --backend "kind=openai_http,target=http://127.0.0.1:$port,request_format=/v1/completions,model=tiny" \
-    --tokenizer "kind=huggingface_auto,model=$OUT/hf-mixtral" \
-    --data "kind=synthetic_text,prompt_tokens=143,prompt_tokens_stdev=132,prompt_tokens_min=16,prompt_tokens_max=512,output_tokens=72,output_tokens_stdev=66,output_tokens_min=8,output_tokens_max=256" \
-    --profile "kind=poisson,rate=$GUIDELLM_RATE" \
-    --constraint "kind=max_requests,count=$REQUESTS" --constraint "kind=max_duration,seconds=120" \
-    --output "kind=json,path=$OUT/guidellm.json" --output kind=console \
-    --disable-console-interactive 2>&1 | tee "$OUT/guidellm.txt"
+  guidellm=("$HF_BIN/guidellm" run
+    --backend "kind=openai_http,target=http://127.0.0.1:$port,request_format=/v1/completions,model=tiny"
+    --tokenizer "kind=huggingface_auto,model=$OUT/hf-mixtral"
+    --data "kind=synthetic_text,prompt_tokens=143,prompt_tokens_stdev=132,prompt_tokens_min=16,prompt_tokens_max=512,output_tokens=72,output_tokens_stdev=66,output_tokens_min=8,output_tokens_max=256"
+    --constraint "kind=max_requests,count=$REQUESTS" --constraint "kind=max_duration,seconds=120"
+    --disable-console-interactive)
+  # untimed, one request at a time: a warmed-up glam serve still compiles on the first prompt of some lengths
+  "${guidellm[@]}" --profile kind=synchronous --output "kind=json,path=$OUT/guidellm_warmup.json" \
+    > "$OUT/logs/guidellm_warmup.txt" 2>&1
+  "${guidellm[@]}" --profile "kind=poisson,rate=$GUIDELLM_RATE" \
+    --output "kind=json,path=$OUT/guidellm.json" --output kind=console 2>&1 | tee "$OUT/guidellm.txt"
   kill "$server"
   wait "$server" 2>/dev/null || true
 fi

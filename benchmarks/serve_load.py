@@ -22,8 +22,9 @@ of mean 1/r, seed per rate; ``inf``: all at once), every one a streamed OpenAI c
 true`` where the server accepts it, detected by a probe, else the row says outputs may end early).
 Bounded: arrivals after ``--max-seconds`` are not sent; whatever is unfinished ``--drain-seconds``
 later is cut and counted as failed. The clients run in a separate process (asyncio + httpx). Before
-the timed rates, one untimed pass of the whole workload (``max_tokens`` 4) compiles the server's
-prefill shapes.
+the timed rates, two untimed passes of the whole workload (``max_tokens`` 4), one request at a time
+and then all at once, compile whatever the server compiles on first use (a warmed-up ``glam serve``
+still took seconds on the first prompt of some lengths).
 
 **Metrics** (vLLM's ``benchmark_serving`` definitions, :func:`summarise`): request throughput and
 output tokens/s over the rate's wall time (first send to last answer); TTFT (send to the first chunk
@@ -208,6 +209,9 @@ async def load(spec: dict) -> dict:
     timeout = httpx.Timeout(spec["max_seconds"] + spec["drain_seconds"] + 60)
     async with httpx.AsyncClient(base_url=spec["url"], timeout=timeout, limits=limits) as http:
         t0 = time.perf_counter()
+        if spec.get("sequential"):  # one at a time (the warm-up: each prompt length as a lone newcomer)
+            bodies = [{"prompt": r["prompt"], "max_tokens": r["max_tokens"], **spec["body"]} for r in spec["requests"]]
+            return {"results": [await _one(http, body, t0) for body in bodies]}
         tasks = []
         for req in spec["requests"]:
             if req["arrival"] > spec["max_seconds"]:
@@ -375,7 +379,8 @@ def run_row(row: str, args, flags: set[str], workload: list[dict] | None) -> tup
         body, ignore_eos = probe_body(server.url, model)
         spec = {"url": server.url, "body": body, "max_seconds": args.max_seconds, "drain_seconds": args.drain_seconds}
         warm = [{**w, "max_tokens": 4, "arrival": 0.0} for w in workload]
-        run_client({**spec, "requests": warm})  # untimed: compiles the prefill shapes
+        run_client({**spec, "requests": warm, "sequential": True})  # untimed: whatever --warmup left to compile,
+        run_client({**spec, "requests": warm})  # for lone newcomers and for a burst of them
         rates = []
         for i, rate in enumerate(args.rates):
             times = arrivals(rate, len(workload), args.seed + 1 + i)
