@@ -119,7 +119,7 @@ def test_experts_that_do_not_fit_in_memory_are_refused_before_allocating(dense, 
     dense_cfg = resolve(os.path.join(source, "config.yaml"), [])
     need = memory_needed(upcycle_config(dense_cfg, ["moe.num_experts=1000000"]), dense_cfg) / 2**30
     assert len(err) == 1 and re.fullmatch(
-        rf"error: upcycling to moe.num_experts=1000000 needs about {need:.2f} GiB per device \(the dense parameters, "
+        rf"error: upcycling to moe.num_experts=1000000 needs about {need:.2f} GiB \(the dense parameters, "
         r"the MoE parameters twice and the optimizer state\), but this host has [0-9.]+ GiB free; choose fewer "
         rf"experts, or a larger mesh \(check one first with `glam plan {re.escape(source)}/config.yaml "
         r"moe.num_experts=1000000 --mesh DATAxMODEL`\)",

@@ -138,30 +138,32 @@ def memory_needed(cfg: GLaMConfig, dense_cfg: GLaMConfig) -> int:
     return size(abstract_params(dense_cfg)) + 2 * size(params) + size(jax.eval_shape(make_optimizer(cfg).init, params))
 
 
-def memory_free() -> tuple[int | None, str]:
-    """(bytes free, where) on the default device: the accelerator's free memory, or the host's."""
+def memory_free() -> tuple[int | None, str, bool]:
+    """(bytes free, where, whether per device): an accelerator's free memory, or the host's available
+    memory, which the simulated CPU devices all share."""
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{device.device_kind} {device.id}"
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"{device.device_kind} {device.id}", True
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024, "this host"
+        return int(fields["MemAvailable"].split()[0]) * 1024, "this host", False
     except (OSError, KeyError, ValueError):
-        return None, "this host"
+        return None, "this host", False
 
 
 def check_memory(cfg: GLaMConfig, dense_cfg: GLaMConfig, from_run: str, overrides: list[str]) -> None:
-    """Refuse, before allocating anything, an upcycled model that does not fit in memory (one device)."""
-    need = memory_needed(cfg, dense_cfg) / max(1, cfg.mesh.data * cfg.mesh.model)
-    free, where = memory_free()
+    """Refuse, before allocating anything, an upcycled model that does not fit in memory: per device on
+    accelerators (the state is split over mesh.data x mesh.model), in all on the host."""
+    free, where, per_device = memory_free()
+    need = memory_needed(cfg, dense_cfg) / (max(1, cfg.mesh.data * cfg.mesh.model) if per_device else 1)
     if free is not None and need > free:
         raise GLaMError(
-            f"upcycling to moe.num_experts={cfg.moe.num_experts} needs about {need / 2**30:.2f} GiB per device (the "
-            f"dense parameters, the MoE parameters twice and the optimizer state), but {where} has "
-            f"{free / 2**30:.2f} GiB free; choose fewer experts, or a larger mesh (check one first with "
-            f"`glam plan {from_run}/config.yaml {' '.join(overrides)} --mesh DATAxMODEL`)"
+            f"upcycling to moe.num_experts={cfg.moe.num_experts} needs about {need / 2**30:.2f} GiB"
+            f"{' per device' if per_device else ''} (the dense parameters, the MoE parameters twice and the "
+            f"optimizer state), but {where} has {free / 2**30:.2f} GiB free; choose fewer experts, or a larger mesh "
+            f"(check one first with `glam plan {from_run}/config.yaml {' '.join(overrides)} --mesh DATAxMODEL`)"
         )
 
 
