@@ -48,12 +48,12 @@ def trained(tmp_path_factory):
     )
     train(resolve(config, []), str(folder / "run"))
     cfg, params, tokenizer = load_for_inference(str(folder / "run"))
-    return cfg, params, tokenizer, docs[:64]
+    return cfg, params, tokenizer, docs[:64], str(folder / "run")
 
 
 @pytest.fixture(scope="module")
 def engine(trained):
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     engine = Engine(cfg, params, tokenizer, max_batch=4, prefill_chunk=16).start()
     yield engine
     engine.stop()
@@ -129,7 +129,7 @@ PROMPTS = [
 
 
 def test_scoring_does_not_depend_on_batchmates_where_eval_capacity_binds(trained, engine):
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     short = [tokenizer.bos_id, *tokenizer.encode("Return a new list of the items in the iterable, sorted by key.")]
     long = [tokenizer.bos_id, *tokenizer.encode(" ".join(["Return the path of the file, or raise an error."] * 8))]
 
@@ -154,11 +154,15 @@ def test_scoring_does_not_depend_on_batchmates_where_eval_capacity_binds(trained
     assert batched == by_itself  # the same pieces and log-probs, bit for bit
     lm = GLaMLanguageModel(serving_config(cfg), params, tokenizer)
     assert sum(by_itself[1]) == pytest.approx(lm.loglikelihood([("", text)])[0][0], abs=1e-4)
+    # glam eval's scoring, with the checkpoint's binding capacity: a batch holds one length bucket only
+    evaluated = GLaMLanguageModel(cfg, params, tokenizer)
+    requests = [("", text), ("", tokenizer.decode(long[1:])), ("", mates[1])]
+    assert evaluated.loglikelihood(requests)[0] == evaluated.loglikelihood(requests[:1])[0]
 
 
 def test_greedy_rows_are_their_alone_answers_under_continuous_batching(trained, engine):
     """Staggered arrivals, prompts of 2-25 tokens (1-2 prefill chunks), 6-40 new tokens, n = 2, a cancellation."""
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     lengths = [40, 12, 25, 6, 30]
     rows = [row_of(engine, p, n) for p, n in zip(PROMPTS, lengths)]
     reference = [alone(engine, row) for row in rows]
@@ -200,7 +204,7 @@ def test_a_seeded_sampled_row_draws_the_same_tokens_in_any_batch(engine):
 
 
 def test_a_newcomer_joins_the_running_batch_and_static_batching_makes_it_wait(trained):
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     finish_order = {}
     for batching in ("continuous", "static"):
         engine = Engine(cfg, params, tokenizer, max_batch=4, batching=batching).start()
@@ -223,7 +227,7 @@ def eos_context(trained) -> list[int]:
 
     Only a prefix that its own text encodes back to is taken, so a text prompt gives the same ids.
     """
-    cfg, params, tokenizer, docs = trained
+    cfg, params, tokenizer, docs, _ = trained
     cfg = serving_config(cfg)
     for doc in docs:
         ids = [tokenizer.bos_id, *tokenizer.encode(doc)][: cfg.model.max_seq_len - 8]
@@ -237,7 +241,7 @@ def eos_context(trained) -> list[int]:
 
 
 def test_the_eos_token_is_reported_with_its_log_prob(trained, engine):
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     context = eos_context(trained)
     eos = engine.piece(tokenizer.eos_id)
     c = Collect(engine)
@@ -272,7 +276,7 @@ def test_lm_eval_local_completions_scores_continuations_that_end_at_eos(trained,
     from glam.serve import background
     from glam.serve.app import create_app
 
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     context = tokenizer.decode(eos_context(trained))
     words = context.split(" ")
     requests = [(" ".join(words[:k]), " " + " ".join(words[k:])) for k in (1, len(words) // 2, len(words) - 1)]
@@ -300,7 +304,7 @@ def test_served_on_a_mesh_equals_one_device(trained, engine):
     from glam.model.init import param_shardings
     from glam.sharding.mesh import make_mesh
 
-    cfg, params, tokenizer, _ = trained
+    cfg, params, tokenizer, *_ = trained
     cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=4, model=2))
     mesh = make_mesh(cfg, jax.devices()[:8])
     sharded = jax.device_put(params, param_shardings(cfg, mesh))
@@ -319,3 +323,20 @@ def test_served_on_a_mesh_equals_one_device(trained, engine):
         want = alone(engine, row)
         assert (pieces, text, reason) == (want[0], want[2], want[3])
         assert logprobs == pytest.approx(want[1], abs=2e-5)  # measured: within 2e-6
+
+
+@pytest.mark.slow
+def test_glam_generate_on_a_mesh_prints_what_one_device_does(trained):
+    import os
+    import subprocess
+    import sys
+
+    cfg, params, tokenizer, _, run = trained
+    want = generate(cfg, params, tokenizer, ["Return the"], max_tokens=12)[0].text
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI asks for its own 8 devices
+    command = [sys.executable, "-m", "glam.cli.main", "generate", "--checkpoint", run, "--max-tokens", "12"]
+    out = subprocess.run([*command, "--mesh", "4x2", "--prompt", "Return the"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.rstrip("\n") == want
+    bad = subprocess.run([*command, "--mesh", "3x2", "--prompt", "Return the"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "mesh" in bad.stderr and "Traceback" not in bad.stderr

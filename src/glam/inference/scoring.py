@@ -3,10 +3,14 @@
 Shapes: B rows per batch, S padded row length (a power of two up to model.max_seq_len), V vocabulary.
 
 A scored row is ``inputs``/``targets`` of the batch schema (docs/design.md) with weights marking the
-target tokens that count; rows are right-padded (segment 0), sorted by length so a batch wastes
-little padding, and the batch is padded to ``batch_size`` rows so one compiled pass serves every
-batch of a length bucket. MoE layers route as in training (one group per row), so a row's score does
-not depend on its batchmates.
+target tokens that count; rows are right-padded (segment 0) to their length bucket (a power of two),
+sorted by length so a batch wastes little padding, and the batch is padded to ``batch_size`` rows so
+one compiled pass serves every batch of a bucket. MoE layers route as in evaluation: one group per
+row with the eval capacity, which grows with the row's padded length. So a batch only ever holds rows
+of one bucket: a row's padded length, its capacity and so its score are functions of the row alone,
+never of a longer batchmate (with ``moe.eval_no_drop=true`` nothing is dropped at all). A set
+``moe.group_size`` that divides the batch makes rows share routing groups, and then compete for
+capacity, as in training.
 
 - :func:`loglikelihood`: ``[bos] + context + continuation``; the continuation's targets count. A
   sequence longer than model.max_seq_len + 1 loses context from the left (the start then is not bos;
@@ -19,6 +23,7 @@ not depend on its batchmates.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -92,12 +97,15 @@ def score_rows(
     """(sum log-prob, every scored token greedy, scored tokens) per row, in the order given."""
     results: list[tuple[float, bool, int]] = [(0.0, True, 0)] * len(rows)
     order = sorted((i for i, r in enumerate(rows) if r.n_scored > 0), key=lambda i: -len(rows[i].inputs))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = make_batch([rows[i] for i in idx], batch_size, cfg.model.max_seq_len)
-        ll, greedy, count = jax.device_get(score_batch(cfg, params, batch))
-        for b, i in enumerate(idx):
-            results[i] = (float(ll[b]), bool(greedy[b]), int(count[b]))
+    bucket = {i: bucket_length(len(rows[i].inputs), cfg.model.max_seq_len) for i in order}
+    for _, same in itertools.groupby(order, key=bucket.get):  # one bucket per batch (the module doc)
+        same = list(same)
+        for start in range(0, len(same), batch_size):
+            idx = same[start : start + batch_size]
+            batch = make_batch([rows[i] for i in idx], batch_size, cfg.model.max_seq_len)
+            ll, greedy, count = jax.device_get(score_batch(cfg, params, batch))
+            for b, i in enumerate(idx):
+                results[i] = (float(ll[b]), bool(greedy[b]), int(count[b]))
     return results
 
 
