@@ -16,11 +16,11 @@ Noise is measured two ways:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 
 import numpy as np
+from sweep_common import base_config, read_json, write_json
 
 VERDICT_RULE = (
     "An effect counts where the gap in final held-out mean loss exceeds 2x the larger seed spread "
@@ -51,20 +51,6 @@ SCALE_COMPARISONS = [
     ("scale_e8_vs_dense", "claim1_e8_vs_dense", "small_e8_vs_dense"),
     ("scale_e8_vs_form_matched", "sparsity_e8_vs_form_matched", "small_e8_vs_form_matched"),
 ]
-
-
-def read_json(path: str):
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_json(path: str, value) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,8 +267,6 @@ def data_stats(out: str, scale, size, data_root: str) -> dict | None:
     tokenizer = os.path.join(out, "tokenizer.model")
     if not os.path.isfile(tokenizer) or not os.path.isdir(data_root):
         return None
-    from glam_claims import base_config
-
     from glam.data.pipeline import DataPipeline
     from glam.data.tokenizer import Tokenizer
 

@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from claims_report import read_json, write_json  # a sibling: the sweep's JSON files, read and written one way
+from sweep_common import base_config, read_json, write_json
 
 # --------------------------------------------------------------------------------------------
 # The plan: sizes, configurations, seeds
@@ -171,38 +171,6 @@ def plan_runs(scale: Scale) -> list[RunSpec]:
 
 def size_of(scale: Scale, name: str) -> Size:
     return next(s for s in scale.sizes if s.name == name)
-
-
-def base_config(scale: Scale, size: Size, data_root: str | None, tokenizer: str):
-    """The ``tiny`` preset at this size, on the shared corpus, with the sweep's tokenizer."""
-    from glam.config import resolve
-    from glam.data.shared_corpus import shared_corpus_sources
-
-    cfg = resolve(
-        "tiny",
-        [
-            f"model.vocab_size={scale.vocab_size}",
-            f"model.d_model={size.d_model}",
-            f"model.num_layers={scale.num_layers}",
-            f"model.num_heads={size.num_heads}",
-            f"model.head_dim={size.head_dim}",
-            f"model.ffn_dim={size.ffn_dim}",
-            f"model.max_seq_len={max(256, scale.seq_len)}",
-            f"train.batch_size={scale.batch_size}",
-            f"train.seq_len={scale.seq_len}",
-            f"train.steps={size.steps}",
-            f"train.log_every={scale.log_every}",
-            f"train.eval_every={size.eval_every}",
-            f"train.eval_batches={scale.eval_batches}",
-            f"optim.warmup_steps={scale.warmup_steps}",
-            f"checkpoint.every={size.eval_every}",
-            "checkpoint.keep=1",
-            f"data.tokenizer_sample_docs={scale.tokenizer_docs}",
-        ],
-    )
-    sources = shared_corpus_sources(data_root) if data_root else ()  # no data_root: sizes only
-    data = dataclasses.replace(cfg.data, sources=sources, tokenizer=tokenizer)
-    return dataclasses.replace(cfg, data=data)
 
 
 def _dense_width_for_total(base, total: int) -> int:
@@ -450,5 +418,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import claims_report as cr
 import glam_claims as gc
 import numpy as np
+import sweep_common as sc
 
 ROUTERS = {  # config → (overrides after moe.num_experts=8 with F = the size's expert width, label)
     "top2": (lambda F: [], "GShard top-2 (GLaM)"),
@@ -109,7 +110,7 @@ def flops_per_token(base, overrides: list[str]) -> float:
 def plan(scale: gc.Scale, size: gc.Size) -> list[RunSpec]:
     """Every run in the order workers take them: the dense sources first (the upcycled runs wait for
     them), then each seed's routers, then the rest of the upcycling arm."""
-    base = gc.base_config(scale, size, None, "")
+    base = sc.base_config(scale, size, None, "")
     F = size.ffn_dim
     dense = ["moe.num_experts=0", f"model.ffn_dim={F * 7 // 6}"]  # the claims sweep's dense twin
     moe = [dense[1], "moe.num_experts=8", "model.expert_activation=geglu"]  # what upcycling makes of it
@@ -139,7 +140,7 @@ def plan(scale: gc.Scale, size: gc.Size) -> list[RunSpec]:
 def run_config(scale: gc.Scale, size: gc.Size, spec: RunSpec, data_root: str | None = None, tokenizer: str = ""):
     from glam.config import apply_overrides
 
-    base = gc.base_config(scale, size, data_root, tokenizer)
+    base = sc.base_config(scale, size, data_root, tokenizer)
     cfg = apply_overrides(base, [*spec.overrides, f"train.steps={spec.steps}", f"train.seed={spec.seed}"])
     return dataclasses.replace(cfg, name=spec.name)
 
@@ -226,7 +227,7 @@ def collect(out: str, scale: gc.Scale, specs: list[RunSpec]) -> list[dict]:
 def reproduction(out: str, size: str, claims_json: str) -> list[dict]:
     """The same configurations in the claims sweep (docs/results/claims.json): its d32-e8 is ``top2``, its
     d32-dense is ``dense-cont`` at step 800 (the rsqrt schedule does not depend on train.steps)."""
-    claims = cr.read_json(claims_json) or {"runs": []}
+    claims = sc.read_json(claims_json) or {"runs": []}
     theirs = {r["name"]: r.get("final_heldout_mean") for r in claims["runs"]}
     rows = []
     for seed in range(SEEDS):
@@ -350,7 +351,7 @@ def markdown(entries: list[dict], groups: dict, verdict: dict, size: str, repro:
 def write_report(out: str, scale: gc.Scale, size: gc.Size, plots: str, claims_json: str = "") -> dict:
     specs = plan(scale, size)
     repro = reproduction(out, size.name, claims_json) if claims_json else []
-    timing = cr.read_json(os.path.join(out, "step_times.json"))
+    timing = sc.read_json(os.path.join(out, "step_times.json"))
     entries = collect(out, scale, specs)
     groups = cr.group(entries)
     verdict = verdicts(groups, size.name)
@@ -361,9 +362,9 @@ def write_report(out: str, scale: gc.Scale, size: gc.Size, plots: str, claims_js
         "reproduction_of_claims_sweep": repro,
         "step_times": timing,
         "environment": cr.environment(),
-        "sweep": cr.read_json(os.path.join(out, "sweep.json")),
+        "sweep": sc.read_json(os.path.join(out, "sweep.json")),
     }
-    cr.write_json(os.path.join(out, "routing.json"), result)
+    sc.write_json(os.path.join(out, "routing.json"), result)
     if groups:
         plot(groups, size.name, plots)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
@@ -401,14 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     if args.time_steps:
-        cr.write_json(os.path.join(args.out, "step_times.json"), time_steps(scale, size, args.time_steps))
+        sc.write_json(os.path.join(args.out, "step_times.json"), time_steps(scale, size, args.time_steps))
     elif not args.report_only:
         tokenizer = gc.ensure_tokenizer(scale, args.data_root, args.out)
         if args.workers > 1:
             gc.run_workers(args.workers, __file__)
         else:
             work(args.out, args.data_root, scale, size, tokenizer, only)
-        sweep = cr.read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}
+        sweep = sc.read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}
         sweep["invocations"].append(
             {
                 "seconds": time.perf_counter() - start,
@@ -417,12 +418,11 @@ def main(argv: list[str] | None = None) -> int:
                 "load": os.getloadavg(),
             }
         )
-        cr.write_json(os.path.join(args.out, "sweep.json"), sweep)
+        sc.write_json(os.path.join(args.out, "sweep.json"), sweep)
     write_report(args.out, scale, size, args.plots, args.claims)
     gc.log(f"report: {args.out}/report.md, {args.out}/routing.json, plot in {args.plots}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

@@ -4,29 +4,24 @@ The end-to-end test trains one 4-step model on the real corpus (skipped when ../
 the report test runs on synthetic run folders whose numbers are chosen by hand.
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import claims_report
+import glam_claims
 import numpy as np
 import pytest
+import routing_sweep
 import yaml
 
 from glam.model.flops import model_size
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# experiments/ is on the path (pyproject's pytest pythonpath), as it is for `python experiments/X.py`
 
 
 @pytest.fixture(scope="module")
 def claims():
-    sys.path.insert(0, str(EXPERIMENTS))  # glam_claims imports claims_report as a sibling
-    spec = importlib.util.spec_from_file_location("glam_claims", EXPERIMENTS / "glam_claims.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["glam_claims"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(EXPERIMENTS))
+    return glam_claims
 
 
 def test_powered_plan_is_sized_and_controlled(claims):
@@ -85,7 +80,7 @@ def test_report_verdicts_from_hand_numbers(claims, tmp_path):
     out = tmp_path / "out"
     for spec in claims.plan_runs(scale):
         _fake_run(claims, out, spec, scale, finals[spec.name], rows_shift=0.1)
-    from claims_report import write_report
+    write_report = claims_report.write_report
 
     result = write_report(str(out), scale, claims.plan_runs(scale), str(tmp_path / "plots"), str(tmp_path / "none"))
     v = result["verdict"]["claim1_e8_vs_dense"]
@@ -148,10 +143,7 @@ def test_smoke_sweep_trains_scores_rows_and_reuses(claims, shared_data, tmp_path
 def test_routing_sweep_compares_at_equal_compute(claims):
     from glam.config import apply_overrides
 
-    spec = importlib.util.spec_from_file_location("routing_sweep", EXPERIMENTS / "routing_sweep.py")
-    routing = importlib.util.module_from_spec(spec)
-    sys.modules["routing_sweep"] = routing
-    spec.loader.exec_module(routing)
+    routing = routing_sweep
     scale = claims.SCALES["powered"]
     size = scale.sizes[-1]
     runs = routing.plan(scale, size)

@@ -1,4 +1,8 @@
-"""Dispatch/combine implementations behind one interface.
+"""Dispatch/combine implementations behind one interface (``DISPATCH``, keyed by ``moe.dispatch``).
+
+Each function runs the whole routed computation, not only the dispatch: tokens to the experts'
+buffers, the experts (``ffn.experts`` / ``ffn.hidden``), and the gate-weighted combine back, each in
+its own named scope (``dispatch``, ``experts``, ``combine``).
 
 Each takes tokens ``x [G, S, M]``, a :class:`~glam.model.moe.gating.Routing` plan with capacity C,
 the layer's experts (an :class:`ExpertFFN`, i.e. the ``MoEFFN`` module) and returns ``y [G, S, M]``

@@ -1,0 +1,60 @@
+"""What the experiment scripts share: the sweep's JSON files, read and written one way, and the base
+config of a sweep size. A module of its own, so the scripts import it and not each other in a circle
+(``glam_claims`` runs the sweep and calls ``claims_report``; ``routing_sweep`` uses both).
+
+Run the scripts from the repository root (``python experiments/glam_claims.py``): Python puts
+``experiments/`` on the path, and the tests get it from pytest's ``pythonpath``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+
+def read_json(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path: str, value) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+
+
+def base_config(scale, size, data_root: str | None, tokenizer: str):
+    """The ``tiny`` preset at this size (a ``glam_claims.Size`` of a ``Scale``), on the shared corpus, with
+    the sweep's tokenizer."""
+    from glam.config import resolve
+    from glam.data.shared_corpus import shared_corpus_sources
+
+    cfg = resolve(
+        "tiny",
+        [
+            f"model.vocab_size={scale.vocab_size}",
+            f"model.d_model={size.d_model}",
+            f"model.num_layers={scale.num_layers}",
+            f"model.num_heads={size.num_heads}",
+            f"model.head_dim={size.head_dim}",
+            f"model.ffn_dim={size.ffn_dim}",
+            f"model.max_seq_len={max(256, scale.seq_len)}",
+            f"train.batch_size={scale.batch_size}",
+            f"train.seq_len={scale.seq_len}",
+            f"train.steps={size.steps}",
+            f"train.log_every={scale.log_every}",
+            f"train.eval_every={size.eval_every}",
+            f"train.eval_batches={scale.eval_batches}",
+            f"optim.warmup_steps={scale.warmup_steps}",
+            f"checkpoint.every={size.eval_every}",
+            "checkpoint.keep=1",
+            f"data.tokenizer_sample_docs={scale.tokenizer_docs}",
+        ],
+    )
+    sources = shared_corpus_sources(data_root) if data_root else ()  # no data_root: sizes only
+    data = dataclasses.replace(cfg.data, sources=sources, tokenizer=tokenizer)
+    return dataclasses.replace(cfg, data=data)
