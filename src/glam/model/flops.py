@@ -2,7 +2,8 @@
 
 Counting (reference doc §1): total parameters are summed over the real parameter shapes of
 ``jax.eval_shape`` (nothing allocated). Activated parameters per token count each MoE layer's
-routed experts at top_k / E of their size (the router, shared experts and everything else in full).
+routed experts at k / E of their size, k the router's causal k (``glam.model.moe.routers``: top_k,
+or round(cf) for expert choice); the router, shared experts and everything else in full.
 
 FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B):
   training  = 6·N + 12·L·A·S
@@ -19,6 +20,7 @@ import jax
 
 from glam.config import GLaMConfig
 from glam.model.init import abstract_params, param_axes
+from glam.model.moe.routers import BALANCERS
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def counting_rule(cfg: GLaMConfig) -> tuple[int, int]:
     if E:
         dense = (L // 2) * 3 * M * F
         shared = cfg.moe.shared_experts * expert  # always on: total and activated alike
-        router = M * E + (E if cfg.moe.balance == "bias" else 0)  # W_g, and the selection bias
+        router = M * E + (E if BALANCERS[cfg.moe.balance].bias else 0)  # W_g, and the selection bias
         moe_total = (L // 2) * (E * expert + shared + router)
         moe_active = (L // 2) * (cfg.moe.causal_top_k * expert + shared + router)
     else:
