@@ -98,10 +98,10 @@ def test_language_model_adapter(model):
     cfg, params, tok = model
     lm = GLaMLanguageModel(cfg, params, tok, batch_size=2)
     assert isinstance(lm, LanguageModel)
-    (ll, greedy, n), (_, _, n2) = lm.loglikelihood([("The quick fox walks to the ", "river"), ("Q:", " Where?")])
+    (ll, _, n), (_, _, n2) = lm.loglikelihood([("The quick fox walks to the ", "river"), ("Q:", " Where?")])
     # The context's trailing space moves to the continuation: " river" is scored as the whole text has it.
     whole, ctx = tok.encode("The quick fox walks to the river"), tok.encode("The quick fox walks to the")
-    assert n == len(whole) - len(ctx) and ll < 0 and isinstance(greedy, bool) and n2 >= 1
+    assert n == len(whole) - len(ctx) and ll < 0 and n2 >= 1  # the greedy flag: the test below
     [(text_ll, count), (_, long_count)] = lm.loglikelihood_rolling(["Q: Where?", "The quick fox. " * 30])
     assert count == len(tok.encode("Q: Where?")) and text_ll < 0
     assert long_count == len(tok.encode("The quick fox. " * 30)) > cfg.model.max_seq_len  # several windows
@@ -115,6 +115,24 @@ def test_language_model_adapter(model):
     outs = generate(cfg, params, tok, prompts, max_tokens=5, sampler=BeamSearch(2), stop=["\n"], stream=events.append)
     assert [e.index for e in events] == [0, 1] and all(e.finish_reason for e in events)
     assert [o.text for o in outs] == [e.text for e in events] == texts
+
+
+def test_greedy_flag_is_true_exactly_for_the_models_own_greedy_continuation(model):
+    """Scored with nothing dropped (moe.eval_no_drop, where the full pass equals the decode steps): the
+    tokens generate() picks greedily are greedy; change the last of them and they are not."""
+    import dataclasses
+
+    from glam.inference import scoring
+
+    cfg, params, tok = model
+    cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, eval_no_drop=True))
+    ctx = tok.encode("The quick fox walks to the")
+    [own] = generate(cfg, params, EosAt(tok, -1), [[tok.bos_id, *ctx]], max_tokens=4)
+    other = [*own.tokens[:-1], (own.tokens[-1] + 1) % cfg.model.vocab_size]
+    (ll, greedy, n), (ll_other, greedy_other, _) = scoring.loglikelihood(
+        cfg, params, [(ctx, list(own.tokens)), (ctx, other)], bos_id=tok.bos_id
+    )
+    assert (greedy, greedy_other, n) == (True, False, 4) and ll > ll_other
 
 
 def test_language_model_samples_with_a_sampler(model):
