@@ -127,3 +127,18 @@ def decode_moe(
     expert, gate = topk_no_capacity(logits, valid, k, renormalize, bias)
     path = path or ("sliced" if 8 * T <= E or T == 1 else "grouped")
     return (_sliced if path == "sliced" else _grouped)(x, expert, gate, ffn)
+
+
+def decode_layer(ffn, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """A decode step of the MoE layer ``ffn`` (``MoEFFN``) on x [B, S, M] → [B, S, M]: its router's causal
+    k and gate rule and its balancer's selection bias (``routers.py``), plus the shared experts."""
+    B, S, M = x.shape
+    flat = x.reshape(B * S, M)
+    mask = None if valid is None else valid.reshape(-1)
+    k, renormalize = ffn.router.causal_k(ffn.moe), ffn.router.renormalizes
+    y = decode_moe(
+        flat, ffn.w_router[...], ffn, mask, k=k, renormalize=renormalize, bias=ffn.balancer.selection_bias(ffn)
+    )
+    if ffn.moe.shared_experts:
+        y = y + ffn.shared(flat)
+    return y.reshape(B, S, M)

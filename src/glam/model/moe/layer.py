@@ -25,7 +25,7 @@ from glam.config import ModelConfig, MoEConfig
 from glam.model import axes as ax
 from glam.model.ffn import feed_forward, gelu, hidden
 from glam.model.layers import param, uniform_fan_in
-from glam.model.moe.decode import decode_moe
+from glam.model.moe.decode import decode_layer
 from glam.model.moe.gating import capacity as capacity_for
 from glam.model.moe.routers import BALANCERS, ROUTERS
 from glam.sharding.rules import constrain
@@ -121,14 +121,7 @@ class MoEFFN(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         B, S, M = x.shape
         if decode:  # (moe/decode.py); no routing statistics
-            flat = x.reshape(B * S, M)
-            mask = None if valid is None else valid.reshape(-1)
-            k = self.router.causal_k(self.moe)
-            bias = self.balancer.selection_bias(self)
-            y = decode_moe(flat, self.w_router[...], self, mask, k=k, renormalize=self.router.renormalizes, bias=bias)
-            if self.moe.shared_experts:
-                y = y + self.shared(flat)
-            return constrain(y.reshape(B, S, M), ax.BSM), {}
+            return constrain(decode_layer(self, x, valid), ax.BSM), {}
         E = self.moe.num_experts
         group_size = routing_group_size(self.moe, B, S)
         G = (B * S) // group_size
