@@ -1,6 +1,9 @@
 # The two fresh-clone commands: `make demo` (the main job) and `make test` (lint + tests).
+# PY: the Python that creates the venv; VENV: where (a second Python gets its own, e.g.
+# `make test PY=python3.12 VENV=.venv312`); PYTEST_ARGS: more pytest arguments (a file, -k, -m).
 PY ?= python3
-VENV := .venv
+VENV ?= .venv
+PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
@@ -24,7 +27,7 @@ lint: install-dev
 	$(BIN)/ruff format --check src tests benchmarks experiments
 
 test: install-dev lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
 
 format: install-dev
 	$(BIN)/ruff format src tests benchmarks experiments
