@@ -274,3 +274,26 @@ def test_metrics_deleted_or_cut_during_a_run_are_written_back_or_reported(tmp_pa
     writer.write(records[5])
     writer.close()
     assert read_metrics(str(tmp_path)) == records[4:]
+
+
+def test_write_failures_name_the_file_and_the_fix(tmp_path):
+    """The one-line messages of ``write_failure`` (the CLI cases above inject ENOSPC and EROFS)."""
+    import errno
+
+    from glam.checkpoint.run_dir import write_failure
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "6").mkdir(parents=True)
+    (run / "checkpoints" / "8.orbax-checkpoint-tmp").mkdir()  # not a finished checkpoint
+    denied = PermissionError(errno.EACCES, "Permission denied", str(run / "config.yaml"))
+    assert write_failure(denied, str(run)) == (
+        f"{run}/config.yaml: permission denied; the checkpoints (6) are intact; give this user access to it "
+        "(check its owner and mode) and re-run the same command to resume"
+    )
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded")  # a write to an open file names no file
+    assert re.fullmatch(
+        rf"no space left on device writing {re.escape(str(run))} \(.* free there\); the checkpoints \(6\) are "
+        r"intact; free some space and re-run the same command to resume",
+        write_failure(quota, str(run)),
+    )
+    assert write_failure(OSError(errno.EIO, "Input/output error"), str(run)) is None  # not the user's to fix

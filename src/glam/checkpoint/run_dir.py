@@ -119,8 +119,13 @@ def write_failure(exc: OSError, run_dir: str) -> str | None:
         return None
     where = exc.filename or run_dir
     folder = checkpoint_dir(run_dir)
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
-    intact = f"the checkpoints ({', '.join(map(str, steps))}) are intact" if steps else "no checkpoint was written yet"
+    try:
+        steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+        intact = (
+            f"the checkpoints ({', '.join(map(str, steps))}) are intact" if steps else "no checkpoint was written yet"
+        )
+    except OSError:  # the checkpoint folder cannot be listed either
+        intact = f"the checkpoints in {folder} were not touched"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
             free = f" ({size_text(shutil.disk_usage(os.path.dirname(os.path.abspath(where))).free)} free there)"
@@ -128,11 +133,12 @@ def write_failure(exc: OSError, run_dir: str) -> str | None:
             free = ""
         fix = "free some space and re-run the same command to resume"
         return f"no space left on device writing {where}{free}; {intact}; {fix}"
-    why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
-    return (
-        f"cannot write {where}: {why}; {intact}; make {run_dir} writable again (check its mount, owner and mode) "
-        "and re-run the same command to resume"
-    )
+    fix = "re-run the same command to resume"
+    if exc.errno == errno.EROFS:
+        where_fix = f"make {run_dir} writable again (check its mount, owner and mode)"
+        return f"cannot write {where}: the file system is read-only; {intact}; {where_fix} and {fix}"
+    # a permission may be missing on a file read as well as written: say only what the system said
+    return f"{where}: permission denied; {intact}; give this user access to it (check its owner and mode) and {fix}"
 
 
 def check_run_dir(cfg: GLaMConfig, run_dir: str) -> None:
