@@ -4,6 +4,9 @@
 PY ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+# DEV_EXTRAS: the extras `make test` installs; hf-load (torch, transformers) lets tests/test_export.py load
+# an export in transformers; without it those tests skip (CI's Python 3.12 pass, see .ci/run).
+DEV_EXTRAS ?= dev,hf-load
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
@@ -17,7 +20,7 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$(DEV_EXTRAS)]'
 
 demo: install
 	$(BIN)/glam demo --run-dir $(RUN_DIR)

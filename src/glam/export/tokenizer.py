@@ -97,13 +97,15 @@ def build_fast_tokenizer(source):
     if proto.trainer_spec.model_type != 1:  # 1 = UNIGRAM; glam's default and the GLaM tokenizer
         raise ExportError(
             f"{tokenizer.path}: only Unigram SentencePiece models export (this one is type "
-            f"{proto.trainer_spec.model_type}); retrain it with `glam tokenizer train` (model_type unigram)"
+            f"{proto.trainer_spec.model_type}); a model trained with it cannot be exported (a new tokenizer would "
+            "not match the model's embedding rows)"
         )
     spec = proto.normalizer_spec
     if spec.add_dummy_prefix or spec.remove_extra_whitespaces or spec.name != "identity":
         raise ExportError(
             f"{tokenizer.path}: only glam's lossless settings export (identity normalisation, no dummy prefix, "
-            "spaces kept); retrain it with `glam tokenizer train`"
+            "spaces kept); a model trained with this tokenizer cannot be exported (a new tokenizer would not "
+            "match the model's embedding rows)"
         )
     vocab = [(piece.piece, piece.score) for piece in proto.pieces]  # control and byte pieces score 0
     fast = tk.Tokenizer(tk.models.Unigram(vocab, unk_id=UNK_ID, byte_fallback=True))
