@@ -162,7 +162,7 @@ def test_every_builtin_profile_loads_with_sources():
         ("peak_flops: 1e12\nhbm_bytes: 1\nhbm_bandwidth: 1\nlink_bandwidth: 1\n", "missing 'links_per_collective'"),
         ("peak_flops: fast\n", "peak_flops='fast' is not a number"),
         ("peak_flop: 1\n", "unknown field 'peak_flop'"),
-        ("peak_flops: [\n", "cannot read it as YAML"),
+        ("peak_flops: [\n", "is not valid YAML"),
     ],
 )
 def test_a_bad_profile_is_one_line(tmp_path, text, message):

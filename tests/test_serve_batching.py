@@ -3,8 +3,9 @@
 One small MoE model is trained for the module (the test corpus of small_runs, eval capacity factor 1.0,
 so the checkpoint's own eval capacity binds: a full forward pass with capacity scores a prompt
 differently when a long batchmate widens the padded group). The engine runs on the engine thread as
-the server runs it; rows are compared with the same prompt served alone — token ids and log-probs
-bit for bit — and with ``glam.inference.generate``.
+the server runs it; rows are compared with the same prompt served alone — tokens exactly, log-probs
+within float rounding (LOGPROB_TOL) — and with
+``glam.inference.generate``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def answer(events: list[Event]) -> tuple:
     )
 
 
+# Token pieces, text and finish reason are compared exactly; log-probs within float rounding: a row
+# prefilled in a group of another size rounds differently in the last bits (up to 5e-7 seen, JAX 0.10.2
+# and 0.12.1).
+LOGPROB_TOL = 1e-5
+
+
+def assert_same(got: tuple, want: tuple, what: str = "") -> None:
+    assert (got[0], got[2], got[3]) == (want[0], want[2], want[3]), what
+    assert got[1] == pytest.approx(want[1], abs=LOGPROB_TOL), what
+
+
 def alone(engine: Engine, row: Row) -> tuple:
     c = Collect(engine)
     c.submit(0, row)
@@ -151,7 +163,7 @@ def test_scoring_does_not_depend_on_batchmates_where_eval_capacity_binds(trained
     assert len({len(engine.prompt_ids(t)[0]) for t in [text, *mates]}) == 4  # all of different lengths
     by_itself = served(text, [])
     batched = served(text, mates)
-    assert batched == by_itself  # the same pieces and log-probs, bit for bit
+    assert_same(batched, by_itself)
     lm = GLaMLanguageModel(serving_config(cfg), params, tokenizer)
     assert sum(by_itself[1]) == pytest.approx(lm.loglikelihood([("", text)])[0][0], abs=1e-4)
     # glam eval's scoring, with the checkpoint's binding capacity: a batch holds one length bucket only
@@ -180,10 +192,10 @@ def test_greedy_rows_are_their_alone_answers_under_continuous_batching(trained, 
         time.sleep(0.01)
     gone.cancel()  # a client leaving mid-stream frees its slot; the others go on
     out = c.wait(["long", 1, 2, 3, 4, "twin", "gone"])
-    assert answer(out["long"]) == reference[0]
+    assert_same(answer(out["long"]), reference[0])
     for i in range(1, 5):
-        assert answer(out[i]) == reference[i], PROMPTS[i]
-    assert answer(out["twin"]) == reference[2]
+        assert_same(answer(out[i]), reference[i], PROMPTS[i])
+    assert_same(answer(out["twin"]), reference[2])
     assert not (out["gone"] and out["gone"][-1].finish_reason)  # cancelled before its 40 tokens
 
     texts = generate(serving_config(cfg), params, tokenizer, PROMPTS, max_tokens=max(lengths))
@@ -199,7 +211,7 @@ def test_a_seeded_sampled_row_draws_the_same_tokens_in_any_batch(engine):
     for k, prompt in enumerate(PROMPTS):
         c.submit(k, row_of(engine, prompt, 20, temperature=1.0, seed=k))
     c.submit("seeded", row)
-    assert answer(c.wait([*range(len(PROMPTS)), "seeded"])["seeded"]) == first
+    assert_same(answer(c.wait([*range(len(PROMPTS)), "seeded"])["seeded"]), first)
     assert first != alone(engine, row_of(engine, "Return the", 24, temperature=0.9, top_p=0.95, top_k=50, seed=99))
 
 
