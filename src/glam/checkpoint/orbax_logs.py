@@ -39,7 +39,17 @@ class _OrbaxTaskNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("exception was never retrieved" in message and "orbax" in message)
+        if "exception was never retrieved" not in message:
+            return True
+        if "orbax" in message:
+            return False
+        # a bare Future's repr does not name Orbax ("Future exception was never retrieved"): its traceback does
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
 
 
 def quiet_orbax_failures() -> None:
