@@ -112,6 +112,11 @@ class MoEConfig:
     auxiliary-loss-free balancing — a per-expert bias added to the router scores for choosing experts
     only (gates stay the softmax's), moved after every step by ``bias_rate`` against the sign of the
     expert's load error (glam.model.moe.balance); set ``aux_loss_weight=0`` for no aux loss at all.
+    ``layers``: which layers have a MoE FFN. ``alternate`` (GLaM/GShard): layers 0, 2, 4, …, the
+    other half a gated dense FFN. ``all`` (Mixtral, DeepSeek): every layer; the pair's second layer
+    gets a MoE FFN too, its parameters under the same path ``blocks/dense_layer/ffn`` (so the
+    parameter tree and checkpoints of ``alternate`` runs are unchanged). Routing statistics carry one
+    leading axis per MoE layer in model order. ``all`` needs ``num_experts > 0``.
     """
 
     num_experts: int = 64
@@ -132,10 +137,16 @@ class MoEConfig:
     shared_experts: int = 0
     balance: Literal[BALANCER_NAMES] = "aux_loss"
     bias_rate: float = 1e-3
+    layers: Literal["alternate", "all"] = "alternate"
 
     def __post_init__(self) -> None:
         _check_choices(self, "moe")
         _check(self.num_experts >= 0, "moe.num_experts", "must be >= 0 (0 means a dense model)")
+        _check(
+            self.layers == "alternate" or self.num_experts > 0,
+            "moe.layers",
+            "'all' puts a MoE FFN in every layer: it needs moe.num_experts > 0 (or keep 'alternate' for a dense model)",
+        )
         _check(
             self.num_experts != 1,
             "moe.num_experts",
@@ -388,6 +399,16 @@ class GLaMConfig:
     def num_pairs(self) -> int:
         """Number of (MoE, dense) pair-blocks, L/2."""
         return self.model.num_layers // 2
+
+    @property
+    def moe_per_pair(self) -> int:
+        """MoE layers in each pair: 0 (dense), 1 (moe.layers=alternate) or 2 (moe.layers=all)."""
+        return 0 if not self.is_moe else 2 if self.moe.layers == "all" else 1
+
+    @property
+    def num_moe_layers(self) -> int:
+        """MoE layers in the model: L/2 (alternate), L (all) or 0 (dense)."""
+        return self.num_pairs * self.moe_per_pair
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
