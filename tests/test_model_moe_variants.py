@@ -70,11 +70,11 @@ def assert_same_values_and_grads(fast, slow, state, x):
         np.testing.assert_allclose(gf[name][...], gs[name], atol=1e-5, err_msg=name)
 
 
-def _layer(dispatch="index", k=2, shared=0, activation="relu", cf=0.5, balance="aux_loss"):
+def _layer(dispatch="index", k=2, shared=0, activation="relu", cf=0.5, balance="aux_loss", aux_weight=0.01):
     mcfg = ModelConfig(d_model=M, ffn_dim=F, num_layers=2, num_heads=2, head_dim=4, expert_activation=activation)
     moe = MoEConfig(
         num_experts=E, top_k=k, capacity_factor_train=cf, capacity_factor_eval=cf, capacity_multiple=1,
-        dispatch=dispatch, shared_experts=shared, balance=balance,
+        dispatch=dispatch, shared_experts=shared, balance=balance, aux_loss_weight=aux_weight,
     )  # fmt: skip
     return MoEFFN(mcfg, moe, rngs=nnx.Rngs(0))
 
@@ -238,6 +238,42 @@ def test_expert_choice_evaluates_and_decodes_causally():
     np.testing.assert_allclose(y_group, y_train, atol=1e-6)
 
 
+def test_hand_worked_global_batch_balance_counts_the_batch_not_the_group():
+    """Group 0 sends both tokens to expert 0, group 1 both to expert 1: each group alone is as unbalanced
+    as two experts allow, the batch is balanced. GShard's loss, E²·mean_e(f·P) per group then averaged:
+    4 · (1 · 0.75 + 0 · 0.25) / 2 = 1.5 in both groups; the global-batch loss (Qiu et al. 2025): f = P =
+    (1/2, 1/2) over the batch, 4 · (1/4 + 1/4) / 2 = 1.0, the balanced minimum."""
+    probs = np.array([[[0.75, 0.25], [0.75, 0.25]], [[0.25, 0.75], [0.25, 0.75]]])
+    logits = jnp.log(jnp.asarray(probs))
+    group = topk_gating(logits, capacity=4, k=1)
+    batch = topk_gating(logits, capacity=4, k=1, aux_scope="batch")
+    np.testing.assert_array_equal(batch.expert, group.expert)  # the loss changes, not the routing
+    np.testing.assert_allclose([group.aux_loss, batch.aux_loss], [1.5, 1.0], rtol=1e-6)
+    np.testing.assert_allclose([group.stats["aux_loss"], batch.stats["aux_loss"]], [1.5, 1.0], rtol=1e-6)
+
+
+def test_global_batch_layer_equals_its_loop_reference_forward_and_grads():
+    """The layer with moe.balance=global_batch against reference.reference_moe(aux_scope="batch"): output
+    and the gradients of output + aux loss (the router's gradient is where the two losses differ)."""
+    layer = _layer(balance="global_batch")
+    graphdef, state = nnx.split(layer)
+    x = jax.random.normal(jax.random.key(3), (G, S, M))
+
+    def fast(state, x):
+        y, stats = nnx.merge(graphdef, state)(x, train=True)
+        return jnp.sum(jnp.sin(y)) + stats["aux_loss"], y
+
+    def slow(w, x, scope="batch"):
+        y, aux = reference_moe(x, w["w_router"], w["w_in"], w["w_out"], capacity(S, E, 0.5, 1), aux_scope=scope)
+        return jnp.sum(jnp.sin(y)) + aux, y
+
+    assert_same_values_and_grads(fast, slow, state, x)
+    w = {name: state[name][...] for name in ("w_router", "w_in", "w_out")}
+    group_aux = slow(w, x, "group")[0] - jnp.sum(jnp.sin(slow(w, x, "group")[1]))
+    batch_aux = slow(w, x)[0] - jnp.sum(jnp.sin(slow(w, x)[1]))
+    assert float(group_aux) - float(batch_aux) > 1e-3  # the groups are less balanced than the batch
+
+
 def test_hand_worked_bias_changes_the_choice_not_the_gates():
     bias = jnp.asarray([0.0, 0.5, 0.0])  # expert 1 favoured for choosing
     r = topk_gating(jnp.log(jnp.asarray(PROBS))[None], capacity=4, bias=bias)
@@ -302,7 +338,7 @@ def test_each_router_and_balancer_is_one_registered_object_that_everything_reads
     from glam.model.moe.routers import BALANCERS, ROUTERS, STATS
 
     assert choices(MoEConfig, "router") == tuple(ROUTERS) == ("token_choice", "expert_choice")
-    assert choices(MoEConfig, "balance") == tuple(BALANCERS) == ("aux_loss", "bias")
+    assert choices(MoEConfig, "balance") == tuple(BALANCERS) == ("aux_loss", "global_batch", "bias")
     assert MoEConfig(num_experts=8, top_k=3).causal_top_k == 3
     assert MoEConfig(num_experts=8, router="expert_choice", capacity_factor_train=2.6).causal_top_k == 3
     assert (ROUTERS["token_choice"].renormalizes, ROUTERS["expert_choice"].renormalizes) == (True, False)

@@ -72,6 +72,19 @@ def test_sharded_equals_single_device(single_device, mesh):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4), g0, grads)
 
 
+def test_global_batch_balance_loss_is_the_same_on_a_mesh(single_device):
+    """moe.balance=global_batch counts expert fractions over the whole batch: on a 4 x 2 mesh the routing
+    groups sit on 4 data shards, and the loss and its gradients equal one device's (a reduction over the
+    data axis), while differing from the per-group loss of the same weights."""
+    extra = ("moe.balance=global_batch",)
+    _, params, l0, g0, _ = _loss_and_grads(None, (1, 1), extra=extra)
+    _, _, loss, grads, _ = _loss_and_grads(None, (4, 2), extra=extra)
+    np.testing.assert_allclose(loss, l0, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4), g0, grads)
+    _, per_group_loss, _ = single_device
+    assert abs(float(l0) - float(per_group_loss)) > 1e-5  # the same weights and batch: only the aux loss moved
+
+
 def test_more_data_shards_than_experts_split_each_expert():
     """mesh.data=8 with 4 experts: each expert spans 2 devices (paper §4) and results are unchanged."""
     _, _, l0, g0, _ = _loss_and_grads(None, (1, 1), extra=["moe.num_experts=4"])

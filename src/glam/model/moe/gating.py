@@ -47,6 +47,7 @@ def topk_gating(
     second_threshold: float = 0.5,
     rng: jax.Array | None = None,
     valid: jax.Array | None = None,  # [G, S] bool: padding tokens route nowhere
+    aux_scope: str = "group",  # where the aux loss counts expert fractions: "group" (GShard) or "batch"
 ) -> Routing:
     """Top-k token-choice gating; k = 2 is GShard's (reference doc §3, bit for bit), k = 1 Switch's.
 
@@ -56,6 +57,7 @@ def topk_gating(
     router would get no gradient from the task loss). Capacity slots go to all first choices (earlier
     tokens first), then all second choices, and so on. GShard's "random" policy applies to choice 2.
     ``renormalize=False`` keeps the k probabilities as they are (an expert-choice model's causal rule).
+    ``aux_scope``: where the aux loss counts expert fractions (:func:`balance_loss`).
     """
     logits = logits.astype(jnp.float32)
     G, S, E = logits.shape
@@ -78,9 +80,7 @@ def topk_gating(
         masks = [m * valid[..., None] for m in masks]
     g = [jnp.sum(gates * m, axis=-1) for m in masks]
     # step 6: aux loss from top-1 assignments before any dropping
-    f = jnp.mean(masks[0], axis=1)  # [G, E] fraction of tokens whose first choice is e
-    p = jnp.mean(gates, axis=1)  # [G, E] mean gate of e
-    aux_loss = jnp.mean(jnp.mean(f * p, axis=-1) * E * E)
+    aux_loss = balance_loss(masks[0], gates, aux_scope)
     if k > 1 and renormalize:
         # step 5: renormalise BEFORE the capacity cut
         # padding tokens have gates 0: divide by 1 (a tiny floor squares to 0 in the backward pass → NaN)
@@ -129,6 +129,24 @@ def topk_gating(
         chosen = sum(jnp.sum(m, axis=(0, 1)) for m in masks)
         stats["expert_chosen"] = chosen / jnp.maximum(jnp.sum(chosen), 1.0)
     return routing._replace(stats=stats)
+
+
+def balance_loss(first: jax.Array, gates: jax.Array, scope: str = "group") -> jax.Array:
+    """The aux loss E²·mean_e(f_e·P_e) from first choices ``first [G, S, E]`` (one-hot, 0 for padding) and
+    softmax ``gates [G, S, E]``: f_e is the fraction of tokens whose first choice is e, P_e the mean gate.
+
+    ``scope="group"`` (GShard, GLaM; reference doc §3): f and P per routing group, the loss averaged over
+    groups. ``scope="batch"`` (the global-batch balance loss of Qiu et al. 2025, Qwen3-MoE): f and P over
+    every token of all G groups, so a group may lean on some experts as long as the batch is balanced.
+    Averaging P per group and then over groups gives the batch's P (groups are equal in size), so only f
+    differs. Under GSPMD the groups are sharded on the ``data`` mesh axis and the batch mean is a
+    reduction over it: the loss is the same on any mesh."""
+    E = gates.shape[-1]
+    if scope == "group":
+        f, p = jnp.mean(first, axis=1), jnp.mean(gates, axis=1)  # [G, E]
+    else:
+        f, p = jnp.mean(first, axis=(0, 1)), jnp.mean(gates, axis=(0, 1))  # [E]
+    return jnp.mean(jnp.mean(f * p, axis=-1) * E * E)
 
 
 def routing_stats(

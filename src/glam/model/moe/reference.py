@@ -71,12 +71,14 @@ def reference_moe(
     renormalize: bool = True,
     bias=None,
     valid=None,
+    aux_scope: str = "group",
 ):
     """y [G, S, M] and aux loss for tokens x [G, S, M], computed token by token.
 
     With ``w_gate`` the experts are gated: ``(activation(x W_gate[e]) * x W_in[e]) W_out[e]``. Gates:
     the k chosen probabilities renormalised to sum to 1 (k >= 2 and ``renormalize``, GShard), the
     probabilities themselves otherwise. ``bias [E]`` changes which experts are chosen, never a gate.
+    ``aux_scope``: the aux loss's expert fractions per group (GShard) or over the whole batch.
     """
 
     def expert(e, v):
@@ -100,12 +102,19 @@ def reference_moe(
     y = jnp.stack(rows).reshape(G, S, M)
     real = np.ones((G, S), bool) if valid is None else np.asarray(valid, bool)
     aux = 0.0
-    for g in range(G):
+    if aux_scope == "group":  # GShard: per group, then the mean over groups
+        for g in range(G):
+            for e in range(E):
+                f_e = np.mean((plan["e1"][g] == e) & real[g])
+                p_e = jnp.mean(gates[g, :, e])
+                aux = aux + f_e * p_e
+        aux = aux / (G * E) * E * E
+    else:  # the global batch (Qiu et al. 2025): every token of every group counted together
         for e in range(E):
-            f_e = np.mean((plan["e1"][g] == e) & real[g])
-            p_e = jnp.mean(gates[g, :, e])
+            f_e = np.mean((plan["e1"] == e) & real)
+            p_e = jnp.mean(gates[:, :, e])
             aux = aux + f_e * p_e
-    aux = aux / (G * E) * E * E
+        aux = aux / E * E * E
     return y, aux
 
 

@@ -66,6 +66,7 @@ class Router:
             second_threshold=moe.second_expert_threshold,
             rng=rng,
             valid=valid,
+            aux_scope=BALANCERS[moe.balance].aux_scope,
         )
         return DISPATCH[moe.dispatch](xg, routing, ffn, moe.num_experts, capacity), routing.stats
 
@@ -126,14 +127,16 @@ ROUTERS: dict[str, Router] = {
 
 @dataclass(frozen=True)
 class Balancer:
-    """How expert loads are evened out. The GShard aux loss (weight ``moe.aux_loss_weight``) is
-    always reported and weighed; a balancer may add a selection bias on top."""
+    """How expert loads are evened out. The aux loss (weight ``moe.aux_loss_weight``) is always
+    reported and weighed, its expert fractions counted per routing group (GShard) or over the whole
+    batch (``aux_scope``: gating.balance_loss); a balancer may add a selection bias on top."""
 
     name: str
     trains: str
     routers: tuple[str, ...]  # the routers it balances
     bias: bool  # the layer holds ``router_bias`` [E], added to the scores for choosing only
     stats: tuple[str, ...] = ()  # statistics it adds to its router's
+    aux_scope: str = "group"  # "group" | "batch": where the aux loss counts expert fractions
 
     def selection_bias(self, ffn) -> Any:
         """The layer's selection bias [E], or None."""
@@ -160,6 +163,14 @@ BALANCERS: dict[str, Balancer] = {
         trains="GShard's aux loss E²·mean(f·P), weight moe.aux_loss_weight",
         routers=tuple(ROUTERS),
         bias=False,
+    ),
+    "global_batch": Balancer(
+        "global_batch",
+        trains="the aux loss with expert fractions over the whole batch, not per group (Qiu et al. 2025), "
+        "weight moe.aux_loss_weight",
+        routers=("token_choice",),
+        bias=False,
+        aux_scope="batch",
     ),
     "bias": BiasBalancer(
         "bias",
