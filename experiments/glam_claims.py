@@ -343,15 +343,21 @@ def work(out: str, data_root: str, scale: Scale, only: list[str] | None) -> int:
     """Train every unfinished run nobody else holds, in plan order; returns how many this process ran."""
     tokenizer = ensure_tokenizer(scale, data_root, out)
     specs = [s for s in plan_runs(scale) if not only or s.name in only]
-    configs = {s.name: run_config(scale, s, data_root, tokenizer) for s in specs}  # validate all up front
+    return train_all(out, [s.name for s in specs], {s.name: run_config(scale, s, data_root, tokenizer) for s in specs})
+
+
+def train_all(out: str, names: list[str], configs: dict) -> int:
+    """Train the runs ``names`` (in that order) that are unfinished and held by no other process, each in
+    ``OUT/<name>`` from ``configs[name]`` (built, so validated, before any run starts); returns how many
+    this process ran. ``glam_today`` runs its sweep with it too."""
     ran = 0
-    for spec in specs:
-        run_dir = os.path.join(out, spec.name)
-        if finished(run_dir, configs[spec.name].train.steps) or not claim(run_dir):
+    for name in names:
+        run_dir = os.path.join(out, name)
+        if finished(run_dir, configs[name].train.steps) or not claim(run_dir):
             continue
         try:
-            if not finished(run_dir, configs[spec.name].train.steps):
-                train_run(configs[spec.name], run_dir)
+            if not finished(run_dir, configs[name].train.steps):
+                train_run(configs[name], run_dir)
                 ran += 1
         finally:
             release(run_dir)

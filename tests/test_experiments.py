@@ -160,3 +160,55 @@ def test_routing_sweep_compares_at_equal_compute(claims):
     assert steps["dense-src"] == 400 and steps["upcycled"] == 858 and steps["dense-cont"] == 935
     spent = steps["dense-src"] * flops["dense-src"] + (steps["upcycled"] - steps["dense-src"]) * flops["scratch"]
     assert abs(spent / budget - 1) < 0.002 and abs(steps["dense-cont"] * flops["dense-cont"] / budget - 1) < 0.002
+
+
+def test_today_sweep_holds_activated_and_total_parameters(claims):
+    """experiments/glam_today.py (issue 26): 8 configurations x 3 seeds at d64, seed 0 of all first; the
+    granular experts hold E=8's activated and total expert parameters and its 32 slots per expert and
+    group; every-layer MoE holds the activated count exactly (total 6% lower, see its doc)."""
+    import glam_today
+
+    from glam.model.moe.gating import capacity
+
+    scale = claims.SCALES["powered"]
+    runs = glam_today.plan(scale)
+    assert len(runs) == len({r.name for r in runs}) == 8 * 3
+    assert [r.config for r in runs[:8]] == list(glam_today.CONFIGS) and {r.seed for r in runs[:8]} == {0}
+    cfg = {r.config: glam_today.run_config(scale, r) for r in runs if r.seed == 0}
+    size = {c: model_size(v) for c, v in cfg.items()}
+    e8 = size["e8"]
+    for g in (2, 4, 8):
+        m = cfg[f"g{g}"].moe
+        assert (m.num_experts, m.top_k, m.expert_dim) == (8 * g, 2 * g, 256 // g)
+        assert capacity(128, m.num_experts, m.capacity_factor_train, m.capacity_multiple) == 32
+        router = 2 * 64 * 8 * (g - 1)  # 2 MoE layers, M = 64, 8(g - 1) more experts to score
+        assert size[f"g{g}"].params_total - e8.params_total == router
+        assert size[f"g{g}"].params_activated - e8.params_activated == router
+    assert cfg["every"].moe.layers == "all" and cfg["every"].moe.expert_dim == 224
+    # activated per pair: 3·64·256 (dense) + 2·2·64·256 (two experts) = 2 MoE layers × 2·2·64·224
+    assert size["every"].params_activated - e8.params_activated == 4 * 64 * 5 - 2 * 64 * 8  # routers only
+    assert (
+        e8.params_total - size["every"].params_total
+        == 2 * (8 * 2 * 64 * 256 + 3 * 64 * 256 - 2 * 5 * 2 * 64 * 224) - 256
+    )
+    assert (cfg["bias"].moe.balance, cfg["bias"].moe.aux_loss_weight) == ("bias", 0.0)
+    assert cfg["global"].moe.balance == "global_batch"
+
+
+def test_today_what_to_change_follows_the_rule():
+    """The "what to change" row names the largest counted gain over GLaM, or "nothing"."""
+    import glam_today
+
+    def v(b, gap, counts):
+        return {"b": b, "gap_a_minus_b": gap, "threshold": 0.02, "counts": counts, "seeds_a": 3, "seeds_b": 3}
+
+    verdict = {
+        "granularity_2": v("g2", 0.03, True),
+        "granularity_4": v("g4", 0.05, True),
+        "granularity_8": v("g8", 0.04, True),
+        "every_layer": v("every", 0.01, False),
+        "bias_balance": v("bias", -0.03, True),  # counted, but worse than GLaM
+    }
+    rows = {r["question"]: r for r in glam_today.recommendations(verdict)}
+    assert (rows["expert granularity"]["compared"], rows["expert granularity"]["gain"]) == ("g4", 0.05)
+    assert rows["MoE in every layer"]["change"] == "nothing" and rows["load balancing"]["change"] == "nothing"
