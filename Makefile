@@ -7,10 +7,14 @@ PYTEST_ARGS ?=
 # DEV_EXTRAS: the extras `make test` installs; hf-load (torch, transformers) lets tests/test_export.py load
 # an export in transformers; without it those tests skip (CI's Python 3.12 pass, see .ci/run).
 DEV_EXTRAS ?= dev,hf-load
+# TEST_MARKS: which tests `make test` runs. The default leaves out the long ones (`@pytest.mark.slow`:
+# multi-process, end-to-end, trained fixtures) so a fresh clone's `make test` stays under 15 min on 2
+# cores; `make test-all` (= TEST_MARKS=) runs every test, as CI does (.ci/run).
+TEST_MARKS ?= not slow
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: install install-dev demo test lint format clean
+.PHONY: install install-dev demo test test-all lint format clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,7 +34,10 @@ lint: install-dev
 	$(BIN)/ruff format --check src tests benchmarks experiments
 
 test: install-dev lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(if $(TEST_MARKS),-m "$(TEST_MARKS)") $(PYTEST_ARGS)
+
+test-all:
+	$(MAKE) test TEST_MARKS=
 
 format: install-dev
 	$(BIN)/ruff format src tests benchmarks experiments
