@@ -8,7 +8,6 @@ profile).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 
 from glam import jsonsafe
@@ -112,7 +111,7 @@ def run_serving(args: argparse.Namespace, cfg, data: int, model: int, hardware) 
         cfg, hardware, batches=args.decode_batch, context=args.context, data=data, model=model,
         weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
     )  # fmt: skip
-    print(json.dumps(e, indent=2)) if args.json else print_serving(e)
+    print(jsonsafe.dumps(e, indent=2)) if args.json else print_serving(e)  # strict JSON, as the training plan
     return 0
 
 
