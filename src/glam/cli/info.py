@@ -34,10 +34,14 @@ def info(cfg: GLaMConfig) -> dict:
         if BALANCERS[cfg.moe.balance].bias:
             routing += ", bias-balanced"
         shared = f", +{cfg.moe.shared_experts} shared" if cfg.moe.shared_experts else ""
-        layout = [
-            {"layers": _every(0, 2, L), "count": L // 2, "ffn": f"moe({E} experts, {routing}{shared})"},
-            {"layers": _every(1, 2, L), "count": L // 2, "ffn": "dense gated-GELU"},
-        ]
+        moe_ffn = f"moe({E} experts, {routing}{shared})"
+        if cfg.moe.layers == "all":  # Mixtral / DeepSeek: every layer
+            layout = [{"layers": _every(0, 1, L), "count": L, "ffn": moe_ffn}]
+        else:  # GLaM / GShard: every other layer
+            layout = [
+                {"layers": _every(0, 2, L), "count": L // 2, "ffn": moe_ffn},
+                {"layers": _every(1, 2, L), "count": L // 2, "ffn": "dense gated-GELU"},
+            ]
     else:
         layout = [{"layers": _every(0, 1, L), "count": L, "ffn": "dense gated-GELU"}]
     mesh_note = ""
@@ -99,12 +103,14 @@ def print_info(d: dict, console: Console) -> None:
     t.add_row("inference FLOPs / token", _fmt(d["flops_per_token_inference"]), "–", "")
     console.print(t)
     moe_layers = sum(x["count"] for x in d["layout"] if x["ffn"].startswith("moe"))
-    console.print(
-        f"layout: {d['num_layers']} layers as {d['num_layers'] // 2} (MoE, dense) pairs; "
-        f"{moe_layers} MoE layers (0, 2, 4, ...)"
-        if moe_layers
-        else f"layout: {d['num_layers']} dense layers"
-    )
+    L = d["num_layers"]
+    if moe_layers == L:
+        layout = f"layout: {L} layers, a MoE FFN in every one (moe.layers=all)"
+    elif moe_layers:
+        layout = f"layout: {L} layers as {L // 2} (MoE, dense) pairs; {moe_layers} MoE layers (0, 2, 4, ...)"
+    else:
+        layout = f"layout: {L} dense layers"
+    console.print(layout)
     console.print(f"FLOPs: {d['flops_formula']}, S = train.seq_len = {d['train.seq_len']}")
     console.print(
         f"model.max_seq_len = {d['model.max_seq_len']}: the longest input evaluation, scoring and generation "

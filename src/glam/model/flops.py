@@ -66,11 +66,12 @@ def counting_rule(cfg: GLaMConfig) -> tuple[int, int]:
     norms = (2 * L + 1) * M
     embed = m.vocab_size * M
     if E:
-        dense = (L // 2) * 3 * M * F
+        n_moe = cfg.num_moe_layers  # L/2 (moe.layers=alternate: layers 0, 2, 4, …) or L (all)
+        dense = (L - n_moe) * 3 * M * F
         shared = cfg.moe.shared_experts * expert  # always on: total and activated alike
         router = M * E + (E if BALANCERS[cfg.moe.balance].bias else 0)  # W_g, and the selection bias
-        moe_total = (L // 2) * (E * expert + shared + router)
-        moe_active = (L // 2) * (cfg.moe.causal_top_k * expert + shared + router)
+        moe_total = n_moe * (E * expert + shared + router)
+        moe_active = n_moe * (cfg.moe.causal_top_k * expert + shared + router)
     else:
         dense, moe_total, moe_active = L * 3 * M * F, 0, 0
     base = attention + norms + embed + dense

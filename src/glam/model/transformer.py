@@ -6,7 +6,10 @@ the tied output embedding. The pair is the repeated unit: its parameters carry a
 unrolls the loop (``model.scan_layers=false``) for debugging and the equivalence tests. Decode steps
 run the pairs from separate per-pair parameters and caches instead (``run_pairs``), so that no step
 copies a layer's weights out of the stack.
-Dense presets (``moe.num_experts=0``) are the same code with a dense FFN in both layers of the pair.
+Dense presets (``moe.num_experts=0``) are the same code with a dense FFN in both layers of the pair;
+``moe.layers=all`` (Mixtral, DeepSeek) puts a MoE FFN in both, the second still named ``dense_layer``
+so that parameter paths do not depend on the option. Routing statistics have one leading axis per MoE
+layer in model order: [P] (alternate) or [2P] (all: layers 0, 1, 2, …).
 """
 
 from __future__ import annotations
@@ -63,29 +66,36 @@ class Layer(nnx.Module):
 
 
 class PairBlock(nnx.Module):
-    """The repeated unit: layer 2i has the MoE FFN (reference: MoE first), layer 2i+1 the dense FFN."""
+    """The repeated unit: layer 2i has the MoE FFN (reference: MoE first), layer 2i+1 the dense FFN,
+    or a MoE FFN too with ``moe.layers=all``. Statistics: [2, ...] (both layers MoE) or one layer's."""
 
     def __init__(self, cfg: GLaMConfig, *, rngs: nnx.Rngs):
         self.moe_layer = Layer(cfg, moe=cfg.is_moe, rngs=rngs)
-        self.dense_layer = Layer(cfg, moe=False, rngs=rngs)
+        self.dense_layer = Layer(cfg, moe=cfg.moe_per_pair == 2, rngs=rngs)
 
     def __call__(self, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, decode=False):
         c0, c1 = (None, None) if caches is None else caches
+        if self.dense_layer.is_moe and rng is not None:  # each MoE layer its own key
+            r0, r1 = jax.random.split(rng)
+        else:
+            r0, r1 = rng, None
         with jax.named_scope("moe_layer"):
             x, stats, c0 = self.moe_layer(
                 x,
                 positions,
                 segment_ids,
                 train=train,
-                rng=rng,
+                rng=r0,
                 cache=c0,
                 cache_index=cache_index,
                 decode=decode,
             )
         with jax.named_scope("dense_layer"):
-            x, _, c1 = self.dense_layer(
-                x, positions, segment_ids, train=train, rng=None, cache=c1, cache_index=cache_index
+            x, stats1, c1 = self.dense_layer(
+                x, positions, segment_ids, train=train, rng=r1, cache=c1, cache_index=cache_index, decode=decode
             )
+        if self.dense_layer.is_moe:  # one leading axis per MoE layer: [2, ...]
+            stats = jax.tree.map(lambda a, b: jnp.stack([a, b]), stats, stats1)
         return x, stats, (None if caches is None else (c0, c1))
 
 
@@ -104,7 +114,8 @@ def _dtype(cfg: GLaMConfig):
 
 
 def run_blocks(model: GLaM, x, positions, segment_ids, *, train, rng, caches=None, cache_index=None, decode=False):
-    """Apply the P pair-blocks, scanned or unrolled. Returns (x, stats stacked over P, caches)."""
+    """Apply the P pair-blocks, scanned or unrolled. Returns (x, stats stacked over the MoE layers in
+    model order ([P, ...], or [2P, ...] with ``moe.layers=all``), caches)."""
     cfg = model.cfg
     graphdef, block_state = nnx.split(model.blocks)
     P = cfg.num_pairs
@@ -131,13 +142,15 @@ def run_blocks(model: GLaM, x, positions, segment_ids, *, train, rng, caches=Non
         body = jax.checkpoint(body, policy=policy, prevent_cse=not cfg.model.scan_layers)
     if cfg.model.scan_layers:
         x, (stats, caches) = jax.lax.scan(body, x, (block_state, rngs, caches))
-        return x, stats, caches
-    outs = []
-    for i in range(P):
-        xs = jax.tree.map(lambda a, i=i: a[i], (block_state, rngs, caches))
-        x, out = body(x, xs)
-        outs.append(out)
-    stats, caches = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else ({}, None)
+    else:
+        outs = []
+        for i in range(P):
+            xs = jax.tree.map(lambda a, i=i: a[i], (block_state, rngs, caches))
+            x, out = body(x, xs)
+            outs.append(out)
+        stats, caches = jax.tree.map(lambda *a: jnp.stack(a), *outs) if outs else ({}, None)
+    if cfg.moe_per_pair == 2:  # [P, 2, ...] → [2P, ...]: layer 2p + j is pair p's layer j
+        stats = jax.tree.map(lambda a: a.reshape(2 * P, *a.shape[2:]), stats)
     return x, stats, caches
 
 
@@ -183,7 +196,7 @@ def apply(
     decode=False,
     pairs: Sequence[PairBlock] | None = None,
 ) -> tuple[jax.Array, dict, Any]:
-    """Logits [B, T, V] (fp32), MoE statistics stacked per pair, and updated caches.
+    """Logits [B, T, V] (fp32), MoE statistics stacked per MoE layer, and updated caches.
 
     With ``pairs`` (P separate pair-blocks, ``caches`` then one per pair) the blocks run one by one
     instead of ``model.blocks`` scanned: see :func:`run_pairs`.

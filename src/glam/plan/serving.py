@@ -89,7 +89,7 @@ def counts(cfg: GLaMConfig) -> Counts:
 
     size = model_size(cfg)
     E, L = cfg.moe.num_experts, cfg.model.num_layers
-    moe_layers = L // 2 if E else 0  # every other layer is MoE (layers 0, 2, 4, …)
+    moe_layers = cfg.num_moe_layers  # every other layer (0, 2, 4, …), or every layer with moe.layers=all
     return Counts(
         name=cfg.name,
         dense_params=size.params_total - size.params_experts,
@@ -108,17 +108,19 @@ def dense_twin(cfg: GLaMConfig) -> GLaMConfig:
 
     A (MoE, dense) pair activates one gated FFN (3·M·F) and k experts (c·M·F_e, c = 3 gated, 2 not);
     a dense pair has two gated FFNs, 2·3·M·F', so F' = (3·F + k·c·F_e) / 6, rounded (7F/6 for GLaM).
+    With ``moe.layers=all`` the pair has two MoE layers: F' = 2·k·c·F_e / 6.
     """
     m, moe = cfg.model, cfg.moe
     if not moe.num_experts:
         return cfg
     c = 3 if m.expert_activation == "geglu" else 2
-    width = (3 * m.ffn_dim + moe.causal_top_k * c * (moe.expert_dim or m.ffn_dim)) / 6
+    routed = moe.causal_top_k * c * (moe.expert_dim or m.ffn_dim)  # one MoE layer's activated experts / M
+    width = (2 * routed if moe.layers == "all" else 3 * m.ffn_dim + routed) / 6
     return dataclasses.replace(
         cfg,
         name=f"{cfg.name} dense twin",
         model=dataclasses.replace(m, ffn_dim=round(width)),
-        moe=dataclasses.replace(moe, num_experts=0, shared_experts=0),
+        moe=dataclasses.replace(moe, num_experts=0, shared_experts=0, layers="alternate"),
     )
 
 

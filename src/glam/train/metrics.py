@@ -10,7 +10,8 @@ synchronisation). ``summarize`` turns the window into one record:
 - per MoE layer i (reference doc §3): ``moe/dropped_first/i``, ``moe/dropped_second/i`` (fractions of
   assignments the capacity cut dropped), ``moe/load_max_over_mean/i`` and ``moe/load_cv/i`` (expert
   load balance: 1 and 0 when perfectly balanced), ``moe/gate_entropy/i``, ``moe/unused_experts/i``;
-  and ``expert_load`` [P][E] for ``glam plot``'s heat map.
+  and ``expert_load`` [P][E] for ``glam plot``'s heat map. i counts the MoE layers in model order:
+  model layer 2i (moe.layers=alternate), or layer i and ``expert_load`` [2P][E] (moe.layers=all).
 
 Only process 0 writes. ``metrics.jsonl`` holds one JSON object per record: ``kind`` ("train" or
 "eval"), ``step``, and for train records at least ``loss``, ``lr``, ``tokens_per_sec``; a value that
@@ -41,11 +42,11 @@ SCALARS = ("loss", "ce_loss", "aux_loss", "z_loss", "grad_norm")
 
 
 def moe_summary(moe: dict) -> dict:
-    """Per-layer routing statistics from window-stacked arrays [W, P, ...] (empty for dense models)."""
+    """Per-layer routing statistics from window-stacked arrays [W, MoE layers, ...] (empty for dense models)."""
     if not moe:
         return {}
     out: dict = {}
-    load = np.mean(moe["expert_load"], axis=0)  # [P, E], fractions of kept assignments
+    load = np.mean(moe["expert_load"], axis=0)  # [MoE layers, E], fractions of kept assignments
     mean = np.maximum(load.mean(axis=-1), 1e-12)
     per_layer = {
         "dropped_first": np.mean(moe["dropped_first"], axis=0),

@@ -4,8 +4,8 @@
 a step-0 checkpoint; ``glam train NEW_RUN/config.yaml --run-dir NEW_RUN`` then trains it like any run.
 
 What is copied: embeddings, every norm, every attention layer, and the dense FFN layers (odd
-layers). Each MoE layer (even layers) gets E copies of the dense FFN of the same layer as its
-experts — which needs experts of the dense FFN's form, so the config gets
+layers). Each MoE layer (even layers; every layer with ``moe.layers=all``) gets E copies of the
+dense FFN of the same layer as its experts — which needs experts of the dense FFN's form, so the config gets
 ``model.expert_activation=geglu`` — and a freshly initialised router (from ``train.seed``). The
 optimizer state starts fresh. By default the new run starts at step 0 (the learning-rate schedule's
 warm-up again) with the data from its beginning; ``continue_source=True`` (``--continue``) instead
@@ -79,10 +79,13 @@ def upcycle_config(dense: GLaMConfig, overrides: list[str]) -> GLaMConfig:
 def upcycle_params(dense_cfg: GLaMConfig, dense_params: dict, cfg: GLaMConfig, fresh_params: dict) -> dict:
     """The upcycled parameters: ``fresh_params`` (an initialised MoE model: its router is kept) with
     everything else taken from the dense model, the experts as copies of the dense FFN."""
+    from glam.model.moe.layer import moe_ffn_paths
+
     dense_leaves = {
         jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(dense_params)
     }
     E = cfg.moe.num_experts
+    moe_ffns = tuple("".join(f"[{k!r}]" for k in path) for path in moe_ffn_paths(cfg.moe))  # "['blocks'][...]"
 
     def take(path, fresh):
         key = jax.tree_util.keystr(path)
@@ -91,7 +94,7 @@ def upcycle_params(dense_cfg: GLaMConfig, dense_params: dict, cfg: GLaMConfig, f
         source = dense_leaves.get(key)
         if source is None:
             raise GLaMError(f"upcycle: the dense checkpoint has no parameter {key}; is it a glam dense run?")
-        if "['moe_layer']['ffn']" in key:  # [P, ...] → [P, E, ...]: every expert a copy of the dense FFN
+        if key.startswith(moe_ffns):  # [P, ...] → [P, E, ...]: every expert a copy of the dense FFN
             source = jnp.broadcast_to(source[:, None], (source.shape[0], E, *source.shape[1:]))
         if source.shape != fresh.shape:
             raise GLaMError(f"upcycle: {key} has shape {source.shape} in the dense model, {fresh.shape} here")

@@ -33,26 +33,37 @@ from glam.sharding.rules import constrain
 #: expert forms: name → (activation, gated). Gated forms multiply act(x W_gate) into x W_in.
 EXPERT_FORMS = {"relu": (jax.nn.relu, False), "gelu": (gelu, False), "geglu": (gelu, True)}
 
-#: where each pair's MoE FFN sits in the model's parameter tree (and in any tree of the same shape:
-#: gradients, optimizer updates)
+#: where each pair's (first) MoE FFN sits in the model's parameter tree (and in any tree of the same
+#: shape: gradients, optimizer updates); with ``moe.layers=all`` the pair's second layer holds one too
 MOE_FFN_PATH = ("blocks", "moe_layer", "ffn")
+SECOND_FFN_PATH = ("blocks", "dense_layer", "ffn")
 
 
-def moe_ffn_of(tree):
-    """The MoE FFN's subtree of a parameter-shaped tree (leaves stacked over pairs [P, ...])."""
-    for key in MOE_FFN_PATH:
+def moe_ffn_paths(moe: MoEConfig) -> tuple[tuple[str, ...], ...]:
+    """The paths of a pair's MoE FFNs in layer order: () dense, one (alternate), or two (all).
+
+    Routing statistics [n·P, ...] (n paths) belong to them in model order: path j has rows j::n.
+    """
+    if not moe.num_experts:
+        return ()
+    return (MOE_FFN_PATH, SECOND_FFN_PATH) if moe.layers == "all" else (MOE_FFN_PATH,)
+
+
+def moe_ffn_of(tree, path: tuple[str, ...] = MOE_FFN_PATH):
+    """The MoE FFN's subtree at ``path`` of a parameter-shaped tree (leaves stacked over pairs [P, ...])."""
+    for key in path:
         tree = tree[key]
     return tree
 
 
-def with_moe_ffn(tree: dict, ffn) -> dict:
-    """A copy of the parameter-shaped ``tree`` whose MoE FFN subtree is ``ffn`` (the rest shared)."""
+def with_moe_ffn(tree: dict, ffn, path: tuple[str, ...] = MOE_FFN_PATH) -> dict:
+    """A copy of the parameter-shaped ``tree`` whose subtree at ``path`` is ``ffn`` (the rest shared)."""
 
     def put(node: dict, path: tuple[str, ...]) -> dict:
         head, *rest = path
         return {**node, head: put(node[head], tuple(rest)) if rest else ffn}
 
-    return put(tree, MOE_FFN_PATH)
+    return put(tree, path)
 
 
 class MoEFFN(nnx.Module):
