@@ -32,6 +32,7 @@ from glam.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from glam.export.tokenizer import ExportError, build_fast_tokenizer, verify_hf_tokenizer, write_hf_tokenizer  # noqa: E402
 from glam.export.writer import export_model  # noqa: E402
 from glam.model.init import bind, init_params  # noqa: E402
+from glam.model.moe.layer import moe_ffn_of, moe_ffn_paths  # noqa: E402
 from glam.model.transformer import apply  # noqa: E402
 from glam.train.metrics import read_metrics  # noqa: E402
 from glam.train.state import abstract_state  # noqa: E402
@@ -277,6 +278,7 @@ VARIANTS = {
         "model.expert_activation=gelu",
         "model.extra_zero_logit=true",
     ],
+    "every_layer+bias": ["moe.num_experts=4", "moe.layers=all", "moe.balance=bias"],  # moe_every_layer
     "dense": ["moe.num_experts=0"],
 }
 
@@ -298,8 +300,9 @@ def test_variants_export_with_equal_logits_and_aux_loss(small, tmp_path, name):
     cfg = resolve("tiny", [*small_model, *VARIANTS[name]])
     params = init_params(cfg, jax.random.key(0))
     if cfg.is_moe and cfg.moe.balance == "bias":
-        ffn = params["blocks"]["moe_layer"]["ffn"]
-        ffn["router_bias"] = 0.1 * jax.random.normal(jax.random.key(1), ffn["router_bias"].shape)
+        for i, path in enumerate(moe_ffn_paths(cfg.moe)):
+            ffn = moe_ffn_of(params, path)
+            ffn["router_bias"] = 0.1 * jax.random.normal(jax.random.key(1 + i), ffn["router_bias"].shape)
     export_model(cfg, params, tok, str(tmp_path))
     model, _ = load_hf(str(tmp_path))
     ids = [tok.bos_id, *tok.encode(HELD_OUT[0])][:48]
@@ -308,7 +311,7 @@ def test_variants_export_with_equal_logits_and_aux_loss(small, tmp_path, name):
     want = glam_logits(cfg, params, ids)
     np.testing.assert_allclose(out.logits[0].numpy(), want, rtol=0, atol=FP32_ATOL)
     if cfg.is_moe:  # Mixtral's way: router logits per MoE layer, and glam's aux loss summed over them
-        assert [r.shape for r in out.router_logits] == [(len(ids), 4)]
+        assert [r.shape for r in out.router_logits] == [(len(ids), 4)] * cfg.num_moe_layers
         T = len(ids)
         _, stats, _ = apply(
             bind(cfg, params), jnp.asarray([ids]), jnp.arange(T)[None], jnp.ones((1, T), jnp.int32), train=False

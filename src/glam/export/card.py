@@ -22,13 +22,13 @@ def _count(n: int) -> str:
 
 def _architecture(cfg: GLaMConfig) -> list[str]:
     m, moe = cfg.model, cfg.moe
+    layers = {
+        0: str(m.num_layers),
+        1: f"{m.num_layers} ({cfg.num_pairs} × (an MoE layer, then a dense layer))",
+        2: f"{m.num_layers}, an MoE layer each (moe.layers=all)",
+    }[cfg.moe_per_pair]
     rows = [
-        (
-            "layers",
-            f"{m.num_layers} ({cfg.num_pairs} × (an MoE layer, then a dense layer))"
-            if cfg.is_moe
-            else str(m.num_layers),
-        ),
+        ("layers", layers),
         ("d_model", str(m.d_model)),
         (
             "attention",

@@ -5,7 +5,7 @@
 tensors, from glam's parameter tree (leading pair axis P on every block leaf):
 
 =============================================  ==================================================
-glam (pair p, layer 2p = MoE, 2p+1 = dense)     Hugging Face (layer i)
+glam (pair p: 2p MoE, 2p+1 dense (1))           Hugging Face (layer i)
 =============================================  ==================================================
 embed.embedding [V, M]                          model.embed_tokens.weight (lm_head tied to it)
 attn.wq, wk, wv [M, N, K]                       self_attn.{q,k,v}_proj.weight [N·K, M]
@@ -19,6 +19,8 @@ ffn.w_in, w_gate [E, M, F], w_out [E, F, M]     mlp.experts.w_in, w_gate, w_out 
 ffn.w_shared_{gate,in,out}                      mlp.shared_experts.{gate,up,down}_proj.weight
 final_norm.scale                                model.norm.weight
 =============================================  ==================================================
+
+(1) or MoE too with ``moe.layers=all`` (``moe_every_layer`` in ``config.json``).
 
 The arrays are read on the host (``jax.device_get`` of whole arrays), so where the checkpoint was
 trained — one device or a mesh — makes no difference to what is written.
@@ -82,6 +84,7 @@ def hf_config(cfg: GLaMConfig) -> dict:
         "expert_intermediate_size": moe.expert_dim or m.ffn_dim,
         "num_shared_experts": moe.shared_experts,
         "router_aux_loss_coef": moe.aux_loss_weight,
+        "moe_every_layer": cfg.moe_per_pair == 2,
     }
 
 
@@ -125,7 +128,7 @@ def hf_weights(cfg: GLaMConfig, params: dict, dtype: str = "float32") -> dict[st
     for p in range(cfg.num_pairs):
         for j, kind in enumerate(("moe_layer", "dense_layer")):
             layer = jax.tree.map(lambda a, p=p: a[p], host["blocks"][kind])
-            _layer(f"model.layers.{2 * p + j}", layer, cfg.is_moe and kind == "moe_layer", out)
+            _layer(f"model.layers.{2 * p + j}", layer, j < cfg.moe_per_pair, out)  # MoE: the pair's first n
     out["model.norm.weight"] = host["final_norm"]["scale"]
     target = DTYPES[dtype]
 

@@ -8,7 +8,8 @@ Self-contained: it needs ``transformers`` only, not glam. The fields and what gl
 - ``relative_attention_num_buckets`` / ``relative_attention_max_distance``: the per-layer T5-style
   causal relative position bias (model.rel_buckets, model.rel_max_distance);
 - ``extra_zero_logit``: an implicit extra logit of 0 in every attention softmax (model.extra_zero_logit);
-- ``num_local_experts`` E (0: a dense model), MoE in layers 0, 2, 4, ...; ``num_experts_per_tok`` k,
+- ``num_local_experts`` E (0: a dense model), MoE in layers 0, 2, 4, ... (GLaM), or in every layer
+  with ``moe_every_layer`` (moe.layers=all: Mixtral, DeepSeek); ``num_experts_per_tok`` k,
   the experts each token goes to; ``renormalize_gates``: the k gates renormalised to sum to 1 (token
   choice, k >= 2) or the softmax probabilities as they are (k = 1, or an expert-choice model's causal
   rule); ``router_bias``: a per-expert bias added to the router's scores for choosing experts only
@@ -51,6 +52,7 @@ class GlamConfig(PreTrainedConfig):
         expert_intermediate_size: int = 3072,
         num_shared_experts: int = 0,
         router_aux_loss_coef: float = 0.01,
+        moe_every_layer: bool = False,
         output_router_logits: bool = False,
         use_cache: bool = True,
         pad_token_id: int = 0,
@@ -85,6 +87,7 @@ class GlamConfig(PreTrainedConfig):
         self.expert_intermediate_size = expert_intermediate_size
         self.num_shared_experts = num_shared_experts
         self.router_aux_loss_coef = router_aux_loss_coef
+        self.moe_every_layer = moe_every_layer
         self.output_router_logits = output_router_logits
         self.use_cache = use_cache
         super().__init__(

@@ -206,7 +206,8 @@ class GlamDecoderLayer(nn.Module):
         self.input_layernorm = GlamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = GlamAttention(config, layer_idx)
         self.post_attention_layernorm = GlamRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.is_moe = config.num_local_experts > 0 and layer_idx % 2 == 0  # MoE first in each pair
+        # MoE first in each pair, or in every layer (moe_every_layer)
+        self.is_moe = config.num_local_experts > 0 and (layer_idx % 2 == 0 or config.moe_every_layer)
         if self.is_moe:
             self.mlp = GlamSparseMoeBlock(config)
         else:
