@@ -112,6 +112,9 @@ class MoEConfig:
     auxiliary-loss-free balancing — a per-expert bias added to the router scores for choosing experts
     only (gates stay the softmax's), moved after every step by ``bias_rate`` against the sign of the
     expert's load error (glam.model.moe.balance); set ``aux_loss_weight=0`` for no aux loss at all.
+    ``balance=global_batch``: the global-batch balance loss (Qiu et al. 2025, Qwen3-MoE), the aux loss
+    with each expert's share of first choices counted over the whole batch (on a mesh, a reduction over
+    the data axis) instead of per routing group (gating.balance_loss).
     ``layers``: which layers have a MoE FFN. ``alternate`` (GLaM/GShard): layers 0, 2, 4, …, the
     other half a gated dense FFN. ``all`` (Mixtral, DeepSeek): every layer; the pair's second layer
     gets a MoE FFN too, its parameters under the same path ``blocks/dense_layer/ffn`` (so the
