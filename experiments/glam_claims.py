@@ -309,12 +309,17 @@ def heldout_row_losses(cfg, run_dir: str) -> dict[str, list[list[float]]]:
 
 
 def train_run(cfg, run_dir: str) -> dict:
-    """Train (or resume) one run, then record its per-row held-out losses and its summary."""
+    """Train (or resume) one run, then record its per-row held-out losses and its summary. A signal that
+    stops the training (its checkpoint saved) ends the worker: it neither records an unfinished run nor
+    starts the next one (``train_all`` releases the claim on the way out)."""
     from glam.train.loop import train
 
     log(f"{cfg.name}: training {cfg.train.steps} steps")
     start = time.perf_counter()
     result = train(cfg, run_dir)
+    if result.get("interrupted"):  # SIGINT/SIGTERM: checkpoint saved; the whole worker stops, not just this run
+        log(f"{cfg.name}: stopped by {result['interrupted']} at step {result['step']}; rerun the sweep to resume")
+        raise SystemExit(130)
     rows = heldout_row_losses(cfg, run_dir)
     write_json(os.path.join(run_dir, "heldout_rows.json"), rows)
     summary = {

@@ -212,3 +212,24 @@ def test_today_what_to_change_follows_the_rule():
     rows = {r["question"]: r for r in glam_today.recommendations(verdict)}
     assert (rows["expert granularity"]["compared"], rows["expert granularity"]["gain"]) == ("g4", 0.05)
     assert rows["MoE in every layer"]["change"] == "nothing" and rows["load balancing"]["change"] == "nothing"
+
+
+def test_a_signal_stops_the_worker_without_recording_the_run(claims, tmp_path, monkeypatch):
+    """A SIGTERM'd run (checkpoint saved, train returns early) ends the worker: no summary.json, no held-out
+    rows, the claim released, and the next run is not started (it once was, with a summary of step 920)."""
+    from types import SimpleNamespace
+
+    import glam.train.loop
+
+    started = []
+
+    def train(cfg, run_dir):
+        started.append(cfg.name)
+        return {"step": 920, "interrupted": "SIGTERM"}
+
+    monkeypatch.setattr(glam.train.loop, "train", train)
+    configs = {n: SimpleNamespace(name=n, train=SimpleNamespace(steps=3200)) for n in ("a", "b")}
+    with pytest.raises(SystemExit):
+        claims.train_all(str(tmp_path), ["a", "b"], configs)
+    assert started == ["a"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == []  # no summary, rows or claim
