@@ -26,8 +26,9 @@ seeds of every configuration:
 
 The claims sweep's own d64 runs did not reproduce bit for bit with today's code (held-out mean at step 0
 8.13448 vs 8.13404 for E = 8, 8.09557 vs 8.09541 for the dense twin: the data changed since, see
-docs/results.md), so ``e8`` and ``dense`` are rerun here. The verdict rule is the claims sweep's (``claims_report.VERDICT_RULE``), fixed before this sweep
-ran: an effect counts where the gap exceeds 2x the larger seed spread of the two configurations.
+docs/results.md), so ``e8`` and ``dense`` are rerun here. The verdict rule is the claims sweep's
+(``claims_report.VERDICT_RULE``), fixed before this sweep ran: an effect counts where the gap exceeds
+2x the larger seed spread of the two configurations.
 
 The runner is the claims sweep's (``glam_claims.train_all``): re-running continues a stopped sweep
 (finished runs reused, partial ones resumed from their last checkpoint), ``--workers N`` trains N runs
