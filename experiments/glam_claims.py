@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sweep_common import base_config, read_json, write_json
+from sweep_common import base_config, read_json, record_invocation, write_json
 
 # --------------------------------------------------------------------------------------------
 # The plan: sizes, configurations, seeds
@@ -413,16 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             run_workers(args.workers)
         else:
             work(args.out, args.data_root, scale, only)
-        sweep = read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}
-        sweep["invocations"].append(
-            {
-                "seconds": time.perf_counter() - start,
-                "argv": sys.argv,
-                "finished": time.ctime(),
-                "load": os.getloadavg(),
-            }
-        )
-        write_json(os.path.join(args.out, "sweep.json"), sweep)
+        record_invocation(args.out, start)
     write_report(args.out, scale, plan_runs(scale), args.plots, args.data_root)
     log(f"report: {args.out}/report.md, {args.out}/claims.json, plots in {args.plots}")
     return 0

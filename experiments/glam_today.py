@@ -294,16 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         gc.ensure_tokenizer(scale, args.data_root, args.out)
         gc.run_workers(max(args.workers, 1), __file__)  # even one worker: pinned and single-threaded
-        sweep = sc.read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}
-        sweep["invocations"].append(
-            {
-                "seconds": time.perf_counter() - start,
-                "argv": sys.argv,
-                "finished": time.ctime(),
-                "load": os.getloadavg(),
-            }
-        )
-        sc.write_json(os.path.join(args.out, "sweep.json"), sweep)
+        sc.record_invocation(args.out, start)
     write_report(args.out, scale, args.plots)
     gc.log(f"report: {args.out}/report.md, {args.out}/today.json, plot in {args.plots}")
     return 0

@@ -409,16 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.run_workers(args.workers, __file__)
         else:
             work(args.out, args.data_root, scale, size, tokenizer, only)
-        sweep = sc.read_json(os.path.join(args.out, "sweep.json")) or {"invocations": []}
-        sweep["invocations"].append(
-            {
-                "seconds": time.perf_counter() - start,
-                "argv": sys.argv,
-                "finished": time.ctime(),
-                "load": os.getloadavg(),
-            }
-        )
-        sc.write_json(os.path.join(args.out, "sweep.json"), sweep)
+        sc.record_invocation(args.out, start)
     write_report(args.out, scale, size, args.plots, args.claims)
     gc.log(f"report: {args.out}/report.md, {args.out}/routing.json, plot in {args.plots}")
     return 0

@@ -27,6 +27,19 @@ def write_json(path: str, value) -> None:
     os.replace(tmp, path)
 
 
+def record_invocation(out: str, start: float) -> None:
+    """Append this invocation (seconds since ``start``, argv, end time, load) to ``OUT/sweep.json``."""
+    import sys
+    import time
+
+    path = os.path.join(out, "sweep.json")
+    sweep = read_json(path) or {"invocations": []}
+    sweep["invocations"].append(
+        {"seconds": time.perf_counter() - start, "argv": sys.argv, "finished": time.ctime(), "load": os.getloadavg()}
+    )
+    write_json(path, sweep)
+
+
 def base_config(scale, size, data_root: str | None, tokenizer: str):
     """The ``tiny`` preset at this size (a ``glam_claims.Size`` of a ``Scale``), on the shared corpus, with
     the sweep's tokenizer."""
