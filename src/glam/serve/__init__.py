@@ -1,7 +1,8 @@
 """``glam serve``: an OpenAI-compatible completions server over a glam checkpoint.
 
 Modules, read in this order: ``rows`` (what a request asks and gets back: rows, tokens, events, the
-refusals), ``engine`` (the batching thread that owns the model), ``protocol``
+refusals, the prompt's ids and the context check), ``reports`` (a token's reported text and top
+alternatives, the echo scoring pass), ``engine`` (the batching thread that owns the model), ``protocol``
 (request checks and response bodies), ``chat`` (chat completions through a template), ``app`` (the
 HTTP routes, FastAPI), with ``auth`` (API keys) and ``metrics`` (Prometheus). Needs the optional extra
 ``pip install 'glam[serve]'`` (FastAPI, uvicorn, prometheus-client, jinja2); ``glam.serve.engine``

@@ -36,8 +36,9 @@ from starlette.requests import ClientDisconnect
 
 from glam.serve import chat, protocol
 from glam.serve.auth import ApiKey
-from glam.serve.engine import Busy, Draining, Engine, Event, Job, RequestError
+from glam.serve.engine import Engine
 from glam.serve.metrics import CONTENT_TYPE, Metrics, RequestCounter
+from glam.serve.rows import Busy, Draining, Event, Job, RequestError
 
 RETRY_AFTER_S = 1
 log = logging.getLogger("uvicorn.error")

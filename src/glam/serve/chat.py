@@ -28,8 +28,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import Field
 
 from glam.errors import GLaMError
-from glam.serve.engine import TOP_N, RequestError, TokenInfo
 from glam.serve.protocol import INT32_MAX, SamplingRequest, check_sampling, validate
+from glam.serve.rows import TOP_N, RequestError, TokenInfo
 
 DEFAULT_TEMPLATE = (
     "{% for message in messages %}"

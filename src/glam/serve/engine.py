@@ -47,7 +47,8 @@ from glam.inference.decode import bucket_length, decode_params
 from glam.inference.generate import _vocab_limit
 from glam.inference.scoring import ScoreRow, make_batch, token_logprobs
 from glam.inference.text import TextStream
-from glam.serve.rows import TOP_N, Busy, Draining, Event, Job, RequestError, Row, TokenInfo
+from glam.serve.reports import Pieces, score_echo
+from glam.serve.rows import TOP_N, Busy, Draining, Event, Job, Row, TokenInfo, check_row, prompt_ids
 from glam.sharding.rules import activate
 
 BATCHING = ("continuous", "static")
@@ -129,7 +130,7 @@ class Engine:
         self.max_seq_len = cfg.model.max_seq_len
         self.vocab_limit = _vocab_limit(cfg, tokenizer)
         self.step_params = decode_params(params)
-        self.pieces = [_piece(tokenizer, i) for i in range(tokenizer.vocab_size)]
+        self.piece = Pieces(tokenizer)  # a token id's reported text: self.piece(id)
         self.on_step: Callable[[int, int], None] | None = None  # (live rows, slots) after every step
         self._submitted: collections.deque[tuple[Job, Row]] = collections.deque()
         self._cond = threading.Condition()
@@ -153,10 +154,6 @@ class Engine:
         with activate(mesh):
             self._slots = slotted.init_slots(self.cfg, B)
         self.counters = collections.Counter()  # steps, groups, prefill_tokens, generated_tokens, scored_rows
-
-    def piece(self, token_id: int) -> str:
-        """The text a completion reports for a token (ids past the tokenizer's vocabulary: ``<id N>``)."""
-        return self.pieces[token_id] if token_id < len(self.pieces) else f"<id {token_id}>"
 
     # -- the request side (any thread) -------------------------------------------------------------------
 
@@ -239,38 +236,12 @@ class Engine:
             self._cond.notify_all()
 
     def prompt_ids(self, prompt: str | Sequence[int]) -> tuple[tuple[int, ...], bool, str]:
-        """(ids bos first, whether the prompt began with bos itself, its text) of a text or token-id prompt."""
-        bos = self.tokenizer.bos_id
-        if isinstance(prompt, str):
-            return (bos, *self.tokenizer.encode(prompt)), False, prompt
-        ids = [int(t) for t in prompt]
-        bad = [t for t in ids if not 0 <= t < self.tokenizer.vocab_size]
-        if bad:
-            raise RequestError(
-                f"token id {bad[0]} is outside the vocabulary [0, {self.tokenizer.vocab_size})", "prompt"
-            )
-        given = bool(ids) and ids[0] == bos
-        return tuple(ids if given else [bos, *ids]), given, self.tokenizer.decode(ids)
+        """(ids bos first, whether the prompt began with bos itself, its text): :func:`rows.prompt_ids`."""
+        return prompt_ids(self.tokenizer, prompt)
 
     def check(self, row: Row) -> None:
-        """Raise :class:`RequestError` when the row cannot fit the model's context."""
-        n, limit = len(row.ids), self.max_seq_len
-        if row.max_tokens == 0:
-            if n - 1 > limit:
-                raise RequestError(
-                    f"the prompt is {n} tokens with bos; model.max_seq_len={limit} scores at most {limit + 1}",
-                    "prompt",
-                )
-            return
-        if n + row.max_tokens > limit:
-            fix = f"ask for at most {limit - n} tokens" if n < limit else "shorten the prompt"
-            raise RequestError(
-                f"the prompt is {n} tokens with bos and max_tokens={row.max_tokens}: together over the model's "
-                f"context of {limit} tokens; {fix}",
-                "max_tokens" if n < limit else "prompt",
-            )
-        if row.min_tokens > row.max_tokens:
-            raise RequestError(f"min_tokens={row.min_tokens} is over max_tokens={row.max_tokens}", "min_tokens")
+        """Raise :class:`RequestError` when the row cannot fit the model's context (:func:`rows.check_row`)."""
+        check_row(row, self.max_seq_len)
 
     def submit(self, job: Job) -> None:
         """Queue a job's rows (already checked) for the engine thread."""
@@ -416,31 +387,15 @@ class Engine:
             same = bucket_length(max(len(live.row.ids) - 1, 1), self.max_seq_len) == bucket
             (chunk if same and len(chunk) < self.max_batch else rest).append(live)
         self._to_score = rest
-        alone = [live for live in chunk if len(live.row.ids) == 1]
-        scored = [live for live in chunk if len(live.row.ids) > 1]
-        for live in alone:
-            infos = (TokenInfo(self.piece(live.row.ids[0]), None, None),) if live.row.given_bos else ()
+        reports = score_echo(
+            self.cfg, self.params, [live.row for live in chunk], self.piece,
+            batch=self.max_batch, max_seq_len=self.max_seq_len,
+        )  # fmt: skip
+        for live, infos in zip(chunk, reports):
             live.job.deliver(Event(live.row.choice, "", infos))
-        if scored:
-            rows = [ScoreRow(r.row.ids[:-1], r.row.ids[1:], len(r.row.ids) - 1) for r in scored]
-            batch = make_batch(rows, self.max_batch, self.max_seq_len)
-            log_p, top_ids, top_lp = jax.device_get(token_logprobs(self.cfg, self.params, batch, top_n=TOP_N))
-            for b, live in enumerate(scored):
-                row = live.row
-                infos = [TokenInfo(self.piece(row.ids[0]), None, None)] if row.given_bos else []
-                for j in range(len(row.ids) - 1):
-                    top = self._top(top_ids[b, j], top_lp[b, j], row.logprobs)
-                    infos.append(TokenInfo(self.piece(row.ids[j + 1]), float(log_p[b, j]), top))
-                live.job.deliver(Event(row.choice, "", tuple(infos)))
         self.counters["scored_rows"] += len(chunk)
         for live in chunk:
             self._after_prompt(live)
-
-    def _top(self, ids: np.ndarray, lps: np.ndarray, n: int) -> dict[str, float]:
-        top: dict[str, float] = {}
-        for i, lp in zip(ids[:n], lps[:n]):
-            top.setdefault(self.piece(int(i)), float(lp))  # pieces that spell alike: the likelier one
-        return top
 
     # prefill -------------------------------------------------------------------------------------------
 
@@ -561,7 +516,7 @@ class Engine:
         self.counters["generated_tokens"] += 1
         info = ()
         if row.logprobs is not None:
-            info = (TokenInfo(self.piece(token), float(logprob), self._top(top_ids, top_lp, row.logprobs)),)
+            info = (TokenInfo(self.piece(token), float(logprob), self.piece.top(top_ids, top_lp, row.logprobs)),)
         if token == self.tokenizer.eos_id and not row.ignore_eos:
             text = stream.finish("stop")  # eos is reported (its log-prob too) but adds no text
         else:
@@ -589,12 +544,3 @@ def _powers(limit: int) -> list[int]:
 def _next_power(n: int, limit: int) -> int:
     """The smallest of :func:`_powers` (``limit``) that is at least n."""
     return next(p for p in _powers(limit) if p >= n)
-
-
-def _piece(tokenizer, token_id: int) -> str:
-    """A token's text as completions report it: its piece with SentencePiece's ▁ as a space, bytes decoded."""
-    piece = tokenizer.id_to_piece(token_id)
-    if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
-        byte = int(piece[3:5], 16)
-        return chr(byte) if byte < 0x80 else piece
-    return piece.replace("\u2581", " ")

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from glam.serve.engine import TOP_N, RequestError, Row, TokenInfo
+from glam.serve.rows import TOP_N, RequestError, Row, TokenInfo
 
 MAX_N = 16  # choices per prompt
 MAX_PROMPTS = 256  # prompts per request

@@ -1,5 +1,8 @@
 """What a request is to the serving engine, and what comes back: rows, token reports, events, jobs, errors.
 
+:func:`prompt_ids` reads a text or token-id prompt as the model's ids; :func:`check_row` refuses a row
+that cannot fit the model's context before it is queued.
+
 A request becomes one :class:`Row` per choice; the engine (``glam.serve.engine``) reports each row's
 progress as :class:`Event`\\ s through its :class:`Job`'s ``deliver`` callback. Refusals are
 :class:`Busy` (HTTP 429), :class:`Draining` (503) and :class:`RequestError` (400, naming the field).
@@ -8,7 +11,7 @@ progress as :class:`Event`\\ s through its :class:`Job`'s ``deliver`` callback. 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from glam.errors import GLaMError
@@ -83,3 +86,37 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+
+def prompt_ids(tokenizer, prompt: str | Sequence[int]) -> tuple[tuple[int, ...], bool, str]:
+    """(ids bos first, whether the prompt began with bos itself, its text) of a text or token-id prompt."""
+    bos = tokenizer.bos_id
+    if isinstance(prompt, str):
+        return (bos, *tokenizer.encode(prompt)), False, prompt
+    ids = [int(t) for t in prompt]
+    bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise RequestError(f"token id {bad[0]} is outside the vocabulary [0, {tokenizer.vocab_size})", "prompt")
+    given = bool(ids) and ids[0] == bos
+    return tuple(ids if given else [bos, *ids]), given, tokenizer.decode(ids)
+
+
+def check_row(row: Row, max_seq_len: int) -> None:
+    """Raise :class:`RequestError` when the row cannot fit the model's context."""
+    n, limit = len(row.ids), max_seq_len
+    if row.max_tokens == 0:
+        if n - 1 > limit:
+            raise RequestError(
+                f"the prompt is {n} tokens with bos; model.max_seq_len={limit} scores at most {limit + 1}",
+                "prompt",
+            )
+        return
+    if n + row.max_tokens > limit:
+        fix = f"ask for at most {limit - n} tokens" if n < limit else "shorten the prompt"
+        raise RequestError(
+            f"the prompt is {n} tokens with bos and max_tokens={row.max_tokens}: together over the model's "
+            f"context of {limit} tokens; {fix}",
+            "max_tokens" if n < limit else "prompt",
+        )
+    if row.min_tokens > row.max_tokens:
+        raise RequestError(f"min_tokens={row.min_tokens} is over max_tokens={row.max_tokens}", "min_tokens")
