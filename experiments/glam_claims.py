@@ -35,7 +35,6 @@ the plots (``--plots``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -43,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sweep_common import base_config, read_json, record_invocation, write_json
+from sweep_common import base_config, prepare_out, read_json, record_invocation, sweep_parser, write_json
 
 # --------------------------------------------------------------------------------------------
 # The plan: sizes, configurations, seeds
@@ -386,22 +385,11 @@ def run_workers(workers: int, script: str = __file__) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/claims", help="sweep folder (one run directory per run)")
-    parser.add_argument("--data-root", default="../shared/data", help="folder holding corpus/")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="powered")
-    parser.add_argument("--plots", default="docs/results", help="where the PNG plots go")
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
-    parser.add_argument("--workers", type=int, default=1, help="runs trained at once, one per CPU core")
-    parser.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)  # set by --workers
-    parser.add_argument("--report-only", action="store_true", help="train nothing; report what --out holds")
-    args = parser.parse_args(argv)
+    args = sweep_parser(__doc__.split("\n\n")[0], "runs/claims", SCALES, tokenizer=False).parse_args(argv)
     only = [s for s in args.only.split(",") if s] or None
     scale = SCALES[args.scale]
-    os.makedirs(args.out, exist_ok=True)
-    if args.worker >= 0:  # a child of --workers: pin, train, exit (the parent reports)
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {args.worker % os.cpu_count()})
+    prepare_out(args)
+    if args.worker >= 0:  # a child of --workers: pinned by prepare_out; train, exit (the parent reports)
         work(args.out, args.data_root, scale, only)
         return 0
     from claims_report import write_report

@@ -39,10 +39,8 @@ at once, one per core, and two invocations on one ``--out`` share the work. Outp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -241,7 +239,7 @@ def markdown(groups: dict, verdict: dict, advice: list[dict], size: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: str, scale: gc.Scale, plots: str) -> dict:
+def write_report(out: str, scale: gc.Scale, plots: str, data_root: str) -> dict:
     size = scale.sizes[0]
     specs = plan(scale)
     entries = [cr.collect_run(out, s, size.steps, scale.tokens_per_step) for s in specs]
@@ -254,6 +252,7 @@ def write_report(out: str, scale: gc.Scale, plots: str) -> dict:
         "verdict": verdict,
         "what_to_change": advice,
         "noise": cr.noise_summary(groups) if groups else {},
+        "data": {size.name: cr.data_stats(out, scale, size, data_root)},  # tokens and epochs per source
         "environment": cr.environment(),
         "sweep": sc.read_json(os.path.join(out, "sweep.json")),
     }
@@ -266,28 +265,14 @@ def write_report(out: str, scale: gc.Scale, plots: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/today", help="sweep folder (one run directory per run)")
-    parser.add_argument("--data-root", default="../shared/data", help="folder holding corpus/")
-    parser.add_argument("--scale", choices=sorted(gc.SCALES), default="powered")
-    parser.add_argument("--tokenizer", default="", help="reuse this tokenizer (e.g. the claims sweep's)")
-    parser.add_argument("--plots", default="docs/results", help="where the PNG plot goes")
-    parser.add_argument("--only", default="", help="comma-separated run names or configurations (default: all)")
-    parser.add_argument("--workers", type=int, default=1, help="runs trained at once, one per CPU core")
-    parser.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
-    parser.add_argument("--report-only", action="store_true", help="train nothing; report what --out holds")
+    parser = sc.sweep_parser(__doc__.split("\n\n")[0], "runs/today", gc.SCALES, only="run names or configurations")
     args = parser.parse_args(argv)
-    only = {s for s in args.only.split(",") if s}
+    only = {s for s in args.only.split(",") if s}  # run names or configurations
     scale = gc.SCALES[args.scale]
-    os.makedirs(args.out, exist_ok=True)
-    tokenizer = os.path.join(args.out, "tokenizer.model")
-    if args.tokenizer and not os.path.isfile(tokenizer):
-        shutil.copyfile(args.tokenizer, tokenizer)
+    tokenizer = sc.prepare_out(args)
     if args.worker >= 0:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {args.worker % os.cpu_count()})
         specs = [s for s in plan(scale) if not only or s.name in only or s.config in only]
-        configs = {s.name: run_config(scale, s, args.data_root, os.path.abspath(tokenizer)) for s in specs}
+        configs = {s.name: run_config(scale, s, args.data_root, tokenizer) for s in specs}
         gc.train_all(args.out, [s.name for s in specs], configs)
         return 0
     start = time.perf_counter()
@@ -295,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.ensure_tokenizer(scale, args.data_root, args.out)
         gc.run_workers(max(args.workers, 1), __file__)  # even one worker: pinned and single-threaded
         sc.record_invocation(args.out, start)
-    write_report(args.out, scale, args.plots)
+    write_report(args.out, scale, args.plots, args.data_root)
     gc.log(f"report: {args.out}/report.md, {args.out}/today.json, plot in {args.plots}")
     return 0
 

@@ -36,10 +36,8 @@ and the plots (``--plots``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -373,32 +371,18 @@ def write_report(out: str, scale: gc.Scale, size: gc.Size, plots: str, claims_js
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/routing", help="sweep folder (one run directory per run)")
-    parser.add_argument("--data-root", default="../shared/data", help="folder holding corpus/")
-    parser.add_argument("--scale", choices=sorted(gc.SCALES), default="powered")
-    parser.add_argument("--tokenizer", default="", help="reuse this tokenizer (e.g. the claims sweep's)")
-    parser.add_argument("--plots", default="docs/results", help="where the PNG plot goes")
+    parser = sc.sweep_parser(__doc__.split("\n\n")[0], "runs/routing", gc.SCALES)
     parser.add_argument("--claims", default="docs/results/claims.json", help="the claims sweep's summary, to compare")
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
-    parser.add_argument("--workers", type=int, default=1, help="runs trained at once, one per CPU core")
-    parser.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument(
         "--time-steps", type=int, default=0, help="time every architecture's step, N rounds; no training"
     )
-    parser.add_argument("--report-only", action="store_true", help="train nothing; report what --out holds")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s] or None
     scale = gc.SCALES[args.scale]
     size = scale.sizes[-1]  # powered: d32, the claims sweep's second size; smoke: its one size
-    os.makedirs(args.out, exist_ok=True)
-    tokenizer = os.path.join(args.out, "tokenizer.model")
-    if args.tokenizer and not os.path.isfile(tokenizer):
-        shutil.copyfile(args.tokenizer, tokenizer)
+    tokenizer = sc.prepare_out(args)
     if args.worker >= 0:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {args.worker % os.cpu_count()})
-        work(args.out, args.data_root, scale, size, os.path.abspath(tokenizer), only)
+        work(args.out, args.data_root, scale, size, tokenizer, only)
         return 0
     start = time.perf_counter()
     if args.time_steps:

@@ -71,3 +71,36 @@ def base_config(scale, size, data_root: str | None, tokenizer: str):
     sources = shared_corpus_sources(data_root) if data_root else ()  # no data_root: sizes only
     data = dataclasses.replace(cfg.data, sources=sources, tokenizer=tokenizer)
     return dataclasses.replace(cfg, data=data)
+
+
+def sweep_parser(description: str, out: str, scales, *, tokenizer: bool = True, only: str = "run names"):
+    """The flags every sweep script takes: where its runs go, the data, the scale, the plots, which runs,
+    how many workers (and, hidden, which worker this process is), and report-only."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out, help="sweep folder (one run directory per run)")
+    parser.add_argument("--data-root", default="../shared/data", help="folder holding corpus/")
+    parser.add_argument("--scale", choices=sorted(scales), default="powered")
+    if tokenizer:
+        parser.add_argument("--tokenizer", default="", help="reuse this tokenizer (e.g. the claims sweep's)")
+    parser.add_argument("--plots", default="docs/results", help="where the PNG plots go")
+    parser.add_argument("--only", default="", help=f"comma-separated {only} (default: all)")
+    parser.add_argument("--workers", type=int, default=1, help="runs trained at once, one per CPU core")
+    parser.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)  # set by --workers
+    parser.add_argument("--report-only", action="store_true", help="train nothing; report what --out holds")
+    return parser
+
+
+def prepare_out(args) -> str:
+    """Make ``--out``; copy ``--tokenizer`` there when given and none is there yet; pin a ``--worker``
+    child to its CPU core. Returns the absolute path of the sweep's tokenizer."""
+    import shutil
+
+    os.makedirs(args.out, exist_ok=True)
+    tokenizer = os.path.join(args.out, "tokenizer.model")
+    if getattr(args, "tokenizer", "") and not os.path.isfile(tokenizer):
+        shutil.copyfile(args.tokenizer, tokenizer)
+    if args.worker >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.worker % os.cpu_count()})
+    return os.path.abspath(tokenizer)

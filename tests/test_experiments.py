@@ -233,3 +233,19 @@ def test_a_signal_stops_the_worker_without_recording_the_run(claims, tmp_path, m
         claims.train_all(str(tmp_path), ["a", "b"], configs)
     assert started == ["a"]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == []  # no summary, rows or claim
+
+
+def test_sweep_flags_and_out_folder_are_shared(tmp_path):
+    import sweep_common
+
+    given = tmp_path / "given.model"
+    given.write_bytes(b"first")
+    parser = sweep_common.sweep_parser("a sweep", "runs/x", {"powered": None, "smoke": None})
+    args = parser.parse_args(["--out", str(tmp_path / "out"), "--tokenizer", str(given), "--only", "a,b"])
+    assert (args.scale, args.worker, args.workers, args.report_only, args.only) == ("powered", -1, 1, False, "a,b")
+    path = Path(sweep_common.prepare_out(args))
+    assert path == tmp_path / "out" / "tokenizer.model" and path.read_bytes() == b"first"
+    given.write_bytes(b"second")
+    assert Path(sweep_common.prepare_out(args)).read_bytes() == b"first"  # a sweep keeps the tokenizer it began with
+    no_tokenizer = sweep_common.sweep_parser("c", "runs/c", {"powered": None}, tokenizer=False)
+    assert "--tokenizer" not in no_tokenizer.format_help()
