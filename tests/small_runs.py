@@ -6,7 +6,8 @@ path), not in the installed package.
 ``small_run_config(folder)`` writes a corpus of two sources (the docstrings of some standard-library
 modules, split into documents), trains a 512-piece tokenizer once, and returns the path of a YAML
 config (``preset: tiny`` with d_model 64, batch 8 × 64 tokens) that ``glam train`` accepts.
-``SMALL_MODEL``: the override list of the small model unit tests share.
+``SMALL_MODEL``: the override list of the small model unit tests share; ``BIAS_TRAIN`` adds a bias-balanced
+training setup to it.
 ``run_train(...)`` runs ``python -m glam.cli.main train`` in a fresh process with a chosen number of
 simulated CPU devices and returns the train records of its ``metrics.jsonl``.
 """
@@ -26,6 +27,8 @@ from glam.train.metrics import read_metrics
 #: the small model the unit tests share (``resolve("tiny", [*SMALL_MODEL, ...])``): tiny's layout at
 #: d_model 32, 2 heads of 16, F = 64, a 128-piece vocabulary; compiles and runs in seconds
 SMALL_MODEL = ("model.d_model=32", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=64", "model.vocab_size=128")
+#: with SMALL_MODEL: two layers trained on batches of 8 x 32 tokens with bias balancing (rate 0.01)
+BIAS_TRAIN = ("model.num_layers=2", "train.seq_len=32", "train.batch_size=8", "moe.balance=bias", "moe.bias_rate=0.01")
 
 MODULES = {
     "alpha": ("json", "collections", "itertools", "functools", "textwrap", "string", "re", "argparse"),

@@ -63,7 +63,11 @@ def run_greedy(cfg, params, prompts, max_tokens=MAX_TOKENS, batch_size=4, sample
 
 @pytest.mark.parametrize("cfg", [DENSE, *MOE.values()], ids=["dense", *(f"moe-{d}" for d in MOE)])
 def test_cached_decoding_matches_full_forward(cfg):
-    params = params_for(cfg)
+    assert_cached_decoding_matches_full_forward(cfg, params_for(cfg))
+
+
+def assert_cached_decoding_matches_full_forward(cfg, params):
+    """Greedy cached decoding of PROMPTS gives the full forward's logits at every step, and its argmax."""
     tokens, step_logits = run_greedy(cfg, params, PROMPTS)  # a batch of 4: one filler row
     assert step_logits.shape == (MAX_TOKENS, 4, cfg.model.vocab_size)
     for b, prompt in enumerate(PROMPTS):

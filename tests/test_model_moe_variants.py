@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from small_runs import SMALL_MODEL
+from small_runs import BIAS_TRAIN, SMALL_MODEL
 
 from glam.config import ModelConfig, MoEConfig, resolve
 from glam.errors import ConfigError
@@ -295,14 +295,7 @@ def test_the_train_step_moves_the_bias_by_the_sign_rule_and_resumes_it():
     from glam.train.step import make_train_step, shard_batch
 
     np.testing.assert_allclose(bias_update(jnp.asarray([0.5, 0.25, 0.25, 0.0]), 0.1), [-0.1, 0.0, 0.0, 0.1])
-    overrides = [
-        "model.num_layers=2",
-        "train.seq_len=32",
-        "train.batch_size=8",
-        "moe.balance=bias",
-        "moe.bias_rate=0.01",
-    ]
-    cfg = resolve("tiny", [*SMALL_MODEL, *overrides])
+    cfg = resolve("tiny", [*SMALL_MODEL, *BIAS_TRAIN])
     mesh = make_mesh(cfg)
     state = create_train_state(cfg, mesh)
     assert moe_ffn_of(state.params)["router_bias"].shape == (1, 8)  # [P, E], zeros

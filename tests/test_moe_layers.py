@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from small_runs import SMALL_MODEL
+from small_runs import BIAS_TRAIN, SMALL_MODEL
 from test_model_transformer import batch, loss_and_grads
 
 from glam.config import resolve
@@ -122,19 +122,12 @@ def test_scanned_equals_unrolled(small_all):
 
 
 def test_cached_decoding_matches_full_forward():
-    from test_inference_decode import MAX_TOKENS, PROMPTS, full_logits, run_greedy
     from test_inference_decode import SMALL as DECODE
+    from test_inference_decode import assert_cached_decoding_matches_full_forward
 
     overrides = [*DECODE, "model.num_layers=4", "moe.num_experts=4", "moe.eval_no_drop=true", *ALL]
     cfg = resolve("tiny", overrides)
-    params = init_params(cfg, jax.random.key(0))
-    tokens, step_logits = run_greedy(cfg, params, PROMPTS)
-    for b, prompt in enumerate(PROMPTS):
-        row = np.asarray([prompt + tokens[b].tolist()], np.int32)
-        ref = np.asarray(full_logits(cfg, params, row))[0]
-        for i in range(MAX_TOKENS):
-            np.testing.assert_allclose(step_logits[i, b], ref[len(prompt) - 1 + i], atol=1e-4, rtol=1e-4)
-        np.testing.assert_array_equal(tokens[b], ref[len(prompt) - 1 : len(prompt) - 1 + MAX_TOKENS].argmax(-1))
+    assert_cached_decoding_matches_full_forward(cfg, init_params(cfg, jax.random.key(0)))
 
 
 def test_bias_balancing_moves_each_layer_by_its_own_load_and_checkpoints_round_trip(tmp_path):
@@ -144,14 +137,7 @@ def test_bias_balancing_moves_each_layer_by_its_own_load_and_checkpoints_round_t
     from glam.train.state import create_train_state
     from glam.train.step import make_train_step, shard_batch
 
-    overrides = [
-        "model.num_layers=2",
-        "train.seq_len=32",
-        "train.batch_size=8",
-        "moe.balance=bias",
-        "moe.bias_rate=0.01",
-    ]
-    cfg = resolve("tiny", [*SMALL_MODEL, *overrides, *ALL])
+    cfg = resolve("tiny", [*SMALL_MODEL, *BIAS_TRAIN, *ALL])
     mesh = make_mesh(cfg)
     step = make_train_step(cfg, mesh)
     state = create_train_state(cfg, mesh)
