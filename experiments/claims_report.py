@@ -467,14 +467,28 @@ def markdown(entries: list[dict], groups: dict, verdict: dict, noise: dict, data
 
 
 def environment() -> dict:
+    """What a run's floating-point results depend on besides the code: versions and the host CPU (XLA
+    compiles for the CPU it finds, so another CPU model rounds differently and runs drift apart)."""
     import jax
+    import jaxlib
 
+    cpu = {}
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "flags") and key.strip() not in cpu:
+                    cpu[key.strip()] = value.strip()
+    flags = set(cpu.get("flags", "").split())
     return {
         "python": platform.python_version(),
         "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
         "backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "cpu_model": cpu.get("model name", platform.processor()),
+        "cpu_vector_isa": [isa for isa in ("avx512f", "avx2", "fma", "avx") if isa in flags],
     }
 
 
