@@ -100,6 +100,11 @@ def prepare_out(args) -> str:
     os.makedirs(args.out, exist_ok=True)
     tokenizer = os.path.join(args.out, "tokenizer.model")
     if getattr(args, "tokenizer", "") and not os.path.isfile(tokenizer):
+        if not os.path.isfile(args.tokenizer):
+            raise SystemExit(
+                f"--tokenizer {args.tokenizer}: no such file; give the tokenizer.model of the sweep to reuse "
+                "(e.g. runs/claims/tokenizer.model, which experiments/glam_claims.py trains), or leave the flag out"
+            )
         shutil.copyfile(args.tokenizer, tokenizer)
     if args.worker >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.worker % os.cpu_count()})

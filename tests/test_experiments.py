@@ -138,6 +138,17 @@ def test_smoke_sweep_trains_scores_rows_and_reuses(claims, shared_data, tmp_path
     assert claims.main(argv) == 0
     assert (out / "d16-dense-s0" / "metrics.jsonl").read_text() == metrics  # the finished run was reused
     assert len(json.loads((out / "sweep.json").read_text())["invocations"]) == 2
+    # baseline_check replays the run's start: its step-0 held-out loss is the one the run logged
+    import baseline_check
+
+    step0 = next(json.loads(line) for line in metrics.splitlines() if '"eval"' in line and '"step": 0,' in line)
+    repo, tokenizer = Path(__file__).resolve().parents[1], str(out / "tokenizer.model")
+    s0, s1 = (
+        baseline_check.fingerprint(str(repo), f"d16-dense-s{k}", str(shared_data), tokenizer, "smoke") for k in (0, 1)
+    )
+    assert s0["step0_heldout"]["mean"] == pytest.approx(step0["heldout/mean"], abs=1e-5)
+    assert s0["heldout_batches"] == s1["heldout_batches"] and s0["first_train_batch"] == s1["first_train_batch"]
+    assert s0["initial_params"] != s1["initial_params"]  # another seed, another initialisation
 
 
 def test_routing_sweep_compares_at_equal_compute(claims):
@@ -249,3 +260,6 @@ def test_sweep_flags_and_out_folder_are_shared(tmp_path):
     assert Path(sweep_common.prepare_out(args)).read_bytes() == b"first"  # a sweep keeps the tokenizer it began with
     no_tokenizer = sweep_common.sweep_parser("c", "runs/c", {"powered": None}, tokenizer=False)
     assert "--tokenizer" not in no_tokenizer.format_help()
+    args.out, args.tokenizer = str(tmp_path / "fresh"), str(tmp_path / "missing.model")
+    with pytest.raises(SystemExit, match="missing.model: no such file"):
+        sweep_common.prepare_out(args)
