@@ -25,8 +25,9 @@ seeds of every configuration:
 - ``dense``: the dense twin (gated GELU of width 7F/6 in every layer), the claims sweep's control.
 
 The claims sweep's own d64 runs did not reproduce bit for bit with today's code (held-out mean at step 0
-8.13448 vs 8.13404 for E = 8, 8.09557 vs 8.09541 for the dense twin: the data changed since, see
-docs/results.md), so ``e8`` and ``dense`` are rerun here. The verdict rule is the claims sweep's
+8.13448 vs 8.13404 for E = 8, 8.09557 vs 8.09541 for the dense twin; the data and initial parameters
+are identical, so the arithmetic differs: the host CPU, see docs/results.md and baseline_check.py), so
+``e8`` and ``dense`` are rerun here. The verdict rule is the claims sweep's
 (``claims_report.VERDICT_RULE``), fixed before this sweep ran: an effect counts where the gap exceeds
 2x the larger seed spread of the two configurations.
 
