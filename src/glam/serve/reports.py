@@ -48,8 +48,8 @@ def piece_text(tokenizer, token_id: int) -> str:
 def score_echo(
     cfg, params, rows: Sequence[Row], pieces: Pieces, *, batch: int, max_seq_len: int
 ) -> list[tuple[TokenInfo, ...]]:
-    """Each row's prompt tokens with their log-probs and top alternatives (bos first, with none, when the
-    prompt gave it), scored together in one pass of ``batch`` rows (at most ``batch`` rows)."""
+    """Each row's prompt tokens with their log-probs and top alternatives (a bos the prompt gave comes first,
+    with none), for at most ``batch`` rows scored together in one forward pass padded to ``batch`` rows."""
     out: list[tuple[TokenInfo, ...]] = []
     scored = [r for r in rows if len(r.ids) > 1]
     if scored:
